@@ -1,0 +1,600 @@
+#!/usr/bin/env bash
+# Proxy benchmark: wrk against the same fast upstream, directly, through
+# transom, and through nginx. See bench/README.md.
+#
+# Environment (all optional):
+#   DURATION=10s        length of each measured wrk run
+#   WARMUP=2s           length of the warm-up run before each measured run
+#   CONNS="1 16 64"     connection counts to measure
+#   TARGETS="direct transom nginx"
+#   WRK_THREADS=1       wrk threads (capped at the connection count)
+#   UPSTREAM_THREADS=1  bench-upstream tokio threads
+#   BODY_SIZE=64        upstream response body size in bytes
+#   PROXY_CPU=0         CPU the proxy under test is pinned to
+#   LOAD_CPU=1          CPU wrk and the upstream are pinned to
+#   UPSTREAM_PORT, TRANSOM_PORT, NGINX_PORT   fixed ports (default: free ports)
+#   STARTUP_TIMEOUT=15  seconds to wait for a server to answer
+#   TRANSOM_ARGS=""     extra arguments appended to `transom run --config FILE`
+#   SKIP_BUILD=1        do not run cargo build
+#   KEEP_TMP=1          keep the temp dir (configs, logs, raw wrk output)
+set -euo pipefail
+
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+CONNS=${CONNS:-"1 16 64"}
+TARGETS=${TARGETS:-"direct transom nginx"}
+WRK_THREADS=${WRK_THREADS:-1}
+UPSTREAM_THREADS=${UPSTREAM_THREADS:-1}
+BODY_SIZE=${BODY_SIZE:-64}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+STARTUP_TIMEOUT=${STARTUP_TIMEOUT:-15}
+TRANSOM_ARGS=${TRANSOM_ARGS:-}
+SKIP_BUILD=${SKIP_BUILD:-0}
+KEEP_TMP=${KEEP_TMP:-0}
+
+HOST=127.0.0.1
+
+log() { printf '==> %s\n' "$*" >&2; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
+die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+
+# ---------------------------------------------------------------- locations
+
+SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd -- "$SCRIPT_DIR/.." && pwd)
+[[ -f "$ROOT/Cargo.toml" && -d "$ROOT/bench" ]] ||
+    die "cannot find the workspace root (expected $ROOT/Cargo.toml)"
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
+TRANSOM_BIN="$TARGET_DIR/release/transom"
+UPSTREAM_BIN="$TARGET_DIR/release/bench-upstream"
+
+# ------------------------------------------------------------ sanity checks
+
+for c in $CONNS; do
+    [[ "$c" =~ ^[1-9][0-9]*$ ]] || die "CONNS must be positive integers, got '$c'"
+done
+for t in $TARGETS; do
+    case "$t" in direct | transom | nginx) ;; *) die "unknown target '$t' in TARGETS" ;; esac
+done
+[[ "$WRK_THREADS" =~ ^[1-9][0-9]*$ ]] || die "WRK_THREADS must be a positive integer"
+[[ "$STARTUP_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "STARTUP_TIMEOUT must be a positive integer"
+
+[[ -r /proc/self/stat ]] || die "/proc is required (Linux only)"
+
+# ------------------------------------------------------------- dependencies
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# nginx lives in /usr/sbin, which is not on every PATH.
+case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH="$PATH:/usr/sbin" ;; esac
+
+missing=()
+have wrk || missing+=(wrk)
+have nginx || missing+=(nginx)
+have curl || missing+=(curl)
+if ((${#missing[@]})); then
+    log "installing missing tools: ${missing[*]}"
+    if [[ $(id -u) -ne 0 ]]; then
+        die "missing ${missing[*]} and not root; install them (apt-get install -y ${missing[*]})"
+    fi
+    have apt-get || die "missing ${missing[*]} and apt-get is not available"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update && apt-get install -y "${missing[@]}"
+    for t in "${missing[@]}"; do have "$t" || die "$t still not found after installing"; done
+fi
+
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+
+# ---------------------------------------------------------------- pinning
+
+PIN_PROXY=()
+PIN_LOAD=()
+if have taskset && taskset -c "$PROXY_CPU" true 2>/dev/null && taskset -c "$LOAD_CPU" true 2>/dev/null; then
+    if [[ "$PROXY_CPU" == "$LOAD_CPU" ]]; then
+        warn "PROXY_CPU and LOAD_CPU are both $PROXY_CPU; results will be noisy"
+    fi
+    PIN_PROXY=(taskset -c "$PROXY_CPU")
+    PIN_LOAD=(taskset -c "$LOAD_CPU")
+    PINNING="proxy on CPU $PROXY_CPU, wrk + upstream on CPU $LOAD_CPU"
+else
+    warn "cannot pin to CPUs $PROXY_CPU and $LOAD_CPU (taskset missing or CPUs unavailable); running unpinned"
+    PINNING="none"
+fi
+
+# ------------------------------------------------------------------- build
+
+TRANSOM_BUILD_ERROR=""
+if [[ "$SKIP_BUILD" != 1 ]]; then
+    log "building (cargo build --release -p transom -p transom-bench)"
+    if ! (cd "$ROOT" && cargo build --release -p transom -p transom-bench); then
+        # Keep going with what can still be measured: the upstream alone.
+        TRANSOM_BUILD_ERROR="cargo build --release -p transom failed"
+        warn "$TRANSOM_BUILD_ERROR; building bench-upstream alone"
+        (cd "$ROOT" && cargo build --release -p transom-bench) ||
+            die "cargo build --release -p transom-bench failed"
+    fi
+fi
+[[ -x "$UPSTREAM_BIN" ]] || die "$UPSTREAM_BIN not found (build it or unset SKIP_BUILD)"
+if [[ -z "$TRANSOM_BUILD_ERROR" && ! -x "$TRANSOM_BIN" ]]; then
+    TRANSOM_BUILD_ERROR="$TRANSOM_BIN not found"
+fi
+
+# ------------------------------------------------------- temp dir & cleanup
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/transom-bench.XXXXXX")
+PIDS=() # every server process this script started
+
+stop_pid() {
+    local pid=$1
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    local i
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    { wait "$pid"; } 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    local pid
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    if [[ "$KEEP_TMP" == 1 ]]; then
+        echo "temp dir kept: $TMP" >&2
+    else
+        rm -rf -- "$TMP"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ------------------------------------------------------------------- ports
+
+free_ports() { # print N free TCP ports on 127.0.0.1, one per line
+    python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+for s in socks:
+    print(s.getsockname()[1])
+    s.close()
+EOF
+}
+
+if have python3 && ports=$(free_ports 3 2>/dev/null); then
+    read -r -d '' p1 p2 p3 <<<"$ports" || true
+else
+    p1=18081 p2=18082 p3=18083
+fi
+UPSTREAM_PORT=${UPSTREAM_PORT:-$p1}
+TRANSOM_PORT=${TRANSOM_PORT:-$p2}
+NGINX_PORT=${NGINX_PORT:-$p3}
+
+# ------------------------------------------------------------ /proc helpers
+
+# Fields of /proc/PID/stat after "(comm) ": index 0 is field 3 (state), so
+# field 4 (ppid) is index 1, field 14 (utime) index 11, field 15 (stime) 12.
+stat_fields() {
+    local s
+    s=$(<"/proc/$1/stat") || return 1
+    printf '%s\n' "${s##*) }"
+}
+
+children_of() { # direct children of PID
+    local parent=$1 p line
+    local -a f
+    for p in /proc/[0-9]*; do
+        p=${p#/proc/}
+        line=$(stat_fields "$p" 2>/dev/null) || continue
+        read -r -a f <<<"$line"
+        if [[ "${f[1]:-}" == "$parent" ]]; then echo "$p"; fi
+    done
+    return 0
+}
+
+cpu_ticks() { # sum of utime+stime (clock ticks) over the given PIDs
+    local total=0 pid line
+    local -a f
+    for pid in "$@"; do
+        line=$(stat_fields "$pid" 2>/dev/null) || continue
+        read -r -a f <<<"$line"
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+
+rss_kib() { # sum of VmRSS (KiB) over the given PIDs
+    local total=0 pid kb
+    for pid in "$@"; do
+        kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || true)
+        total=$((total + ${kb:-0}))
+    done
+    echo "$total"
+}
+
+alive() { kill -0 "$1" 2>/dev/null; }
+
+# wait_http NAME URL PID LOGFILE: wait until URL answers with an HTTP
+# status, failing early if PID exits and after STARTUP_TIMEOUT seconds.
+wait_http() {
+    local name=$1 url=$2 pid=$3 logfile=$4 code status
+    local deadline=$((SECONDS + STARTUP_TIMEOUT))
+    while :; do
+        if ! alive "$pid"; then
+            status=0
+            { wait "$pid"; } 2>/dev/null || status=$?
+            echo "error: $name exited (status $status) before answering on $url" >&2
+            dump_log "$name" "$logfile"
+            return 1
+        fi
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" 2>/dev/null || true)
+        if [[ -n "$code" && "$code" != 000 ]]; then
+            return 0
+        fi
+        if ((SECONDS >= deadline)); then
+            echo "error: $name did not answer on $url within ${STARTUP_TIMEOUT}s" >&2
+            dump_log "$name" "$logfile"
+            return 1
+        fi
+        sleep 0.1
+    done
+}
+
+dump_log() {
+    local name=$1 logfile=$2
+    if [[ -s "$logfile" ]]; then
+        echo "---- $name log ($logfile, last 50 lines) ----" >&2
+        tail -n 50 -- "$logfile" >&2
+        echo "---- end of $name log ----" >&2
+    else
+        echo "($name log $logfile is empty)" >&2
+    fi
+}
+
+# check_response NAME URL: one request must come back 200 with the
+# upstream's body, or the proxy is not proxying and the numbers mean nothing.
+check_response() {
+    local name=$1 url=$2 out code size
+    out=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' --max-time 5 "$url" 2>/dev/null || true)
+    read -r code size <<<"${out:-000 0}"
+    if [[ "$code" != 200 || "$size" != "$BODY_SIZE" ]]; then
+        echo "error: $name: GET $url gave status $code with $size body bytes (want 200 with $BODY_SIZE)" >&2
+        return 1
+    fi
+}
+
+# ------------------------------------------------------------- wrk helpers
+
+to_us() { # wrk time ("103.00us", "1.25ms", "2.00s", "1.00m") -> microseconds
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") f = 1; else if (u == "ms") f = 1000; else if (u == "s") f = 1000000
+        else if (u == "m") f = 60000000; else if (u == "h") f = 3600000000; else f = -1
+        if (f < 0) print "nan"; else printf "%.1f\n", n * f
+    }'
+}
+
+# run_wrk CONNS DURATION OUTFILE
+run_wrk() {
+    local conns=$1 dur=$2 out=$3 threads=$WRK_THREADS
+    ((threads > conns)) && threads=$conns
+    "${PIN_LOAD[@]}" wrk -t"$threads" -c"$conns" -d"$dur" --latency "$URL" >"$out" 2>&1
+}
+
+# parse_wrk OUTFILE -> "rps requests p50_us p99_us errors"
+parse_wrk() {
+    local file=$1 rps reqs p50 p99 errs
+    rps=$(awk '/^Requests\/sec:/ { print $2 }' "$file")
+    reqs=$(awk '/ requests in / { print $1 }' "$file")
+    p50=$(awk '/Latency Distribution/ { d = 1; next } d && $1 == "50%" { print $2; exit }' "$file")
+    p99=$(awk '/Latency Distribution/ { d = 1; next } d && $1 == "99%" { print $2; exit }' "$file")
+    errs=$(awk '
+        /Socket errors:/ { gsub(/,/, ""); e += $4 + $6 + $8 + $10 }
+        /Non-2xx or 3xx responses:/ { e += $NF }
+        END { print e + 0 }' "$file")
+    [[ -n "$rps" && -n "$reqs" && -n "$p50" && -n "$p99" ]] || return 1
+    echo "$rps $reqs $(to_us "$p50") $(to_us "$p99") $errs"
+}
+
+# ------------------------------------------------------------ measurement
+
+declare -A R_RPS R_P50 R_P99 R_CPU R_RSS0 R_RSS1 R_ERR R_NOTE
+FAILED=()
+
+# proxy_pids: the process(es) whose CPU and RSS are attributed to the
+# proxy under test. Empty for direct.
+proxy_pids() {
+    case "$CUR_TARGET" in
+    direct) ;;
+    transom) echo "$CUR_PID" ;;
+    nginx)
+        echo "$CUR_PID"
+        children_of "$CUR_PID"
+        ;;
+    esac
+}
+
+measure_target() {
+    local target=$1 c raw parsed pids t0 t1 rss0 rss1 rps reqs p50 p99 errs
+    for c in $CONNS; do
+        if [[ "$target" != direct ]] && ! alive "$CUR_PID"; then
+            R_NOTE[$target:$c]="proxy died"
+            continue
+        fi
+        log "$target: warm-up ${WARMUP} at $c connections"
+        run_wrk "$c" "$WARMUP" "$TMP/wrk-$target-$c-warmup.txt" ||
+            warn "$target: warm-up wrk run failed (see $TMP/wrk-$target-$c-warmup.txt)"
+
+        mapfile -t pids < <(proxy_pids)
+        t0=$(cpu_ticks "${pids[@]}")
+        rss0=$(rss_kib "${pids[@]}")
+        log "$target: measuring ${DURATION} at $c connections"
+        raw="$TMP/wrk-$target-$c.txt"
+        if ! run_wrk "$c" "$DURATION" "$raw"; then
+            warn "$target: wrk failed at $c connections:"
+            cat "$raw" >&2
+            R_NOTE[$target:$c]="wrk failed"
+            continue
+        fi
+        # Re-read the PID list in case nginx replaced a worker mid-run.
+        mapfile -t pids < <(proxy_pids)
+        t1=$(cpu_ticks "${pids[@]}")
+        rss1=$(rss_kib "${pids[@]}")
+
+        if ! parsed=$(parse_wrk "$raw"); then
+            warn "$target: cannot parse wrk output at $c connections:"
+            cat "$raw" >&2
+            R_NOTE[$target:$c]="unparsable"
+            continue
+        fi
+        read -r rps reqs p50 p99 errs <<<"$parsed"
+        R_RPS[$target:$c]=$rps
+        R_P50[$target:$c]=$p50
+        R_P99[$target:$c]=$p99
+        R_ERR[$target:$c]=$errs
+        if [[ "$target" == direct ]]; then
+            R_CPU[$target:$c]="-"
+            R_RSS0[$target:$c]="-"
+            R_RSS1[$target:$c]="-"
+        else
+            R_CPU[$target:$c]=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$reqs" \
+                'BEGIN { if (n > 0) printf "%.2f", d / hz * 1e6 / n; else print "nan" }')
+            R_RSS0[$target:$c]=$rss0
+            R_RSS1[$target:$c]=$rss1
+        fi
+        if ((errs > 0)); then
+            warn "$target: $errs errors / non-2xx responses at $c connections (see $raw)"
+        fi
+    done
+}
+
+fail_target() { # fail_target TARGET REASON
+    local c
+    FAILED+=("$1: $2")
+    for c in $CONNS; do R_NOTE[$1:$c]="not run"; done
+}
+
+start_upstream() {
+    log "starting bench-upstream on $HOST:$UPSTREAM_PORT"
+    "${PIN_LOAD[@]}" "$UPSTREAM_BIN" --listen "$HOST:$UPSTREAM_PORT" \
+        --body-size "$BODY_SIZE" --threads "$UPSTREAM_THREADS" >"$TMP/upstream.log" 2>&1 &
+    UPSTREAM_PID=$!
+    PIDS+=("$UPSTREAM_PID")
+    wait_http bench-upstream "http://$HOST:$UPSTREAM_PORT/" "$UPSTREAM_PID" "$TMP/upstream.log" ||
+        die "bench-upstream did not come up"
+    check_response bench-upstream "http://$HOST:$UPSTREAM_PORT/" || die "bench-upstream answers wrongly"
+}
+
+run_direct() {
+    CUR_TARGET=direct CUR_PID=""
+    URL="http://$HOST:$UPSTREAM_PORT/"
+    measure_target direct
+}
+
+run_transom() {
+    if [[ -n "$TRANSOM_BUILD_ERROR" ]]; then
+        echo "error: transom: $TRANSOM_BUILD_ERROR" >&2
+        fail_target transom "$TRANSOM_BUILD_ERROR"
+        return 0
+    fi
+    local conf="$TMP/transom.toml" logfile="$TMP/transom.log"
+    cat >"$conf" <<EOF
+[upstreams.bench]
+endpoints = ["$HOST:$UPSTREAM_PORT"]
+
+[frontends.bench]
+listen = "$HOST:$TRANSOM_PORT"
+
+[[frontends.bench.routes]]
+match = { path_prefix = "/" }
+upstream = "bench"
+EOF
+    log "starting transom on $HOST:$TRANSOM_PORT"
+    local -a extra=()
+    [[ -n "$TRANSOM_ARGS" ]] && read -r -a extra <<<"$TRANSOM_ARGS"
+    RUST_LOG=warn "${PIN_PROXY[@]}" "$TRANSOM_BIN" run --config "$conf" "${extra[@]}" >"$logfile" 2>&1 &
+    CUR_PID=$!
+    CUR_TARGET=transom
+    PIDS+=("$CUR_PID")
+    if ! wait_http transom "http://$HOST:$TRANSOM_PORT/" "$CUR_PID" "$logfile"; then
+        stop_pid "$CUR_PID"
+        echo "---- transom config ($conf) ----" >&2
+        cat "$conf" >&2
+        echo "---- end of transom config ----" >&2
+        fail_target transom "did not come up on $HOST:$TRANSOM_PORT (log and config above)"
+        return 0
+    fi
+    if ! check_response transom "http://$HOST:$TRANSOM_PORT/"; then
+        dump_log transom "$logfile"
+        stop_pid "$CUR_PID"
+        fail_target transom "does not proxy to the upstream"
+        return 0
+    fi
+    URL="http://$HOST:$TRANSOM_PORT/"
+    measure_target transom
+    if ! alive "$CUR_PID"; then
+        echo "error: transom exited during the benchmark" >&2
+        dump_log transom "$logfile"
+        FAILED+=("transom: exited during the benchmark")
+    fi
+    stop_pid "$CUR_PID"
+}
+
+run_nginx() {
+    local dir="$TMP/nginx"
+    mkdir -p "$dir/logs"
+    local conf="$dir/nginx.conf" logfile="$dir/logs/error.log"
+    cat >"$conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $logfile warn;
+
+events {
+    worker_connections 1024;
+}
+
+http {
+    access_log off;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+
+    upstream bench {
+        server $HOST:$UPSTREAM_PORT;
+        keepalive 64;
+    }
+
+    server {
+        listen $HOST:$NGINX_PORT;
+        location / {
+            proxy_pass http://bench;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+    if ! nginx -t -q -c "$conf" -p "$dir/" -e "$logfile" 2>"$dir/configtest.log"; then
+        echo "error: nginx rejected its config $conf:" >&2
+        cat "$dir/configtest.log" >&2
+        fail_target nginx "config test failed"
+        return 0
+    fi
+    log "starting nginx on $HOST:$NGINX_PORT"
+    "${PIN_PROXY[@]}" nginx -c "$conf" -p "$dir/" -e "$logfile" >"$dir/stdout.log" 2>&1 &
+    CUR_PID=$!
+    CUR_TARGET=nginx
+    PIDS+=("$CUR_PID")
+    if ! wait_http nginx "http://$HOST:$NGINX_PORT/" "$CUR_PID" "$logfile"; then
+        stop_pid "$CUR_PID"
+        fail_target nginx "did not come up"
+        return 0
+    fi
+    if ! check_response nginx "http://$HOST:$NGINX_PORT/"; then
+        dump_log nginx "$logfile"
+        stop_pid "$CUR_PID"
+        fail_target nginx "does not proxy to the upstream"
+        return 0
+    fi
+    local workers
+    workers=$(children_of "$CUR_PID" | tr '\n' ' ')
+    log "nginx master $CUR_PID, workers: ${workers:-none found}"
+    URL="http://$HOST:$NGINX_PORT/"
+    measure_target nginx
+    stop_pid "$CUR_PID"
+}
+
+# --------------------------------------------------------------------- run
+
+git_rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
+nginx_version=$(nginx -v 2>&1 | sed 's/^nginx version: //')
+wrk_version=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }' || true)
+
+start_upstream
+for t in $TARGETS; do
+    "run_$t"
+done
+
+# ------------------------------------------------------------------ report
+
+fmt_ms() { # microseconds -> milliseconds with 3 decimals
+    awk -v v="$1" 'BEGIN { if (v == "" || v == "nan") print "?"; else printf "%.3f", v / 1000 }'
+}
+fmt_mib() { # KiB -> MiB with 1 decimal
+    [[ "$1" == "-" ]] && {
+        echo "-"
+        return
+    }
+    awk -v v="$1" 'BEGIN { printf "%.1f", v / 1024 }'
+}
+
+echo
+echo "Proxy benchmark  $(date -u '+%Y-%m-%d %H:%M:%S UTC')  rev $git_rev"
+echo "  machine: ${cpu_model:-unknown CPU}, $(nproc) CPUs, kernel $(uname -r)"
+echo "  pinning: $PINNING"
+echo "  wrk $wrk_version, $WRK_THREADS thread(s), ${DURATION} per run after ${WARMUP} warm-up"
+echo "  upstream: bench-upstream, $BODY_SIZE-byte body, $UPSTREAM_THREADS thread(s)"
+echo "  nginx $nginx_version: 1 worker, keepalive 64 to the upstream"
+echo
+fmt='%-8s %6s %12s %10s %10s %12s %12s %12s %7s\n'
+# shellcheck disable=SC2059
+printf "$fmt" target conns "requests/s" "p50 ms" "p99 ms" "cpu us/req" "rss MiB pre" "rss MiB post" errors
+# shellcheck disable=SC2059
+printf "$fmt" -------- ------ ------------ ---------- ---------- ------------ ------------ ------------ -------
+for t in $TARGETS; do
+    for c in $CONNS; do
+        k="$t:$c"
+        if [[ -n "${R_RPS[$k]:-}" ]]; then
+            # shellcheck disable=SC2059
+            printf "$fmt" "$t" "$c" "$(printf '%.0f' "${R_RPS[$k]}")" \
+                "$(fmt_ms "${R_P50[$k]}")" "$(fmt_ms "${R_P99[$k]}")" "${R_CPU[$k]}" \
+                "$(fmt_mib "${R_RSS0[$k]}")" "$(fmt_mib "${R_RSS1[$k]}")" "${R_ERR[$k]}"
+        else
+            # shellcheck disable=SC2059
+            printf "$fmt" "$t" "$c" "${R_NOTE[$k]:-no data}" - - - - - -
+        fi
+    done
+done
+
+if [[ " $TARGETS " == *" transom "* && " $TARGETS " == *" nginx "* ]]; then
+    echo
+    echo "transom / nginx (requests/s: higher is better; cpu/req: lower is better)"
+    rfmt='%6s %14s %14s\n'
+    # shellcheck disable=SC2059
+    printf "$rfmt" conns "requests/s" "cpu us/req"
+    ratio() {
+        awk -v a="${1:-}" -v b="${2:-}" 'BEGIN {
+            if (a == "" || b == "" || a == "nan" || b == "nan" || b + 0 == 0) print "n/a"
+            else printf "%.2fx", a / b }'
+    }
+    for c in $CONNS; do
+        # shellcheck disable=SC2059
+        printf "$rfmt" "$c" \
+            "$(ratio "${R_RPS[transom:$c]:-}" "${R_RPS[nginx:$c]:-}")" \
+            "$(ratio "${R_CPU[transom:$c]:-}" "${R_CPU[nginx:$c]:-}")"
+    done
+fi
+
+if ((${#FAILED[@]})); then
+    echo
+    echo "FAILED:"
+    printf '  %s\n' "${FAILED[@]}"
+    exit 1
+fi

@@ -1,0 +1,356 @@
+//! Configuration: load a root TOML file and its includes, merge them, and
+//! validate the whole before anything is built from it.
+//!
+//! Every error names the file, line, column and field path, in the same form
+//! for `transom check`, for a refused reload and for start-up:
+//! `FILE:LINE:COL: field.path: what is wrong`.
+
+mod locate;
+pub mod schema;
+pub mod units;
+mod validate;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use schema::*;
+pub use units::{ByteSize, Duration};
+
+use locate::{Seg, path_at, span_at};
+
+/// A validated configuration: the merge of a root file and its includes.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The root file.
+    pub root: PathBuf,
+    /// Every file that was read, root first, with its contents.
+    pub files: Vec<SourceFile>,
+    /// `[admin]`, if any file set it.
+    pub admin: Option<AdminConfig>,
+    /// `[server]`, with defaults.
+    pub server: ServerConfig,
+    /// All upstreams by name.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// All frontends by name.
+    pub frontends: BTreeMap<String, FrontendConfig>,
+    /// Directories to watch for changes: those of every file read and of
+    /// every include pattern (so a file that starts matching is noticed).
+    pub watch_dirs: Vec<PathBuf>,
+}
+
+/// One file that took part in a config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    /// Path as resolved from the including file.
+    pub path: PathBuf,
+    /// Its text when read.
+    pub text: String,
+}
+
+/// One problem, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// File the problem is in.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub col: usize,
+    /// Dotted path of the field, e.g. `frontends.web.routes[0].upstream`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            if self.field.is_empty() {
+                "(file)"
+            } else {
+                &self.field
+            },
+            self.message
+        )
+    }
+}
+
+/// Every problem found in a config; never empty.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Read, merge and validate the config rooted at `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigErrors> {
+        let mut loader = Loader::default();
+        loader.load_file(path.as_ref().to_path_buf());
+        if !loader.errors.is_empty() {
+            return Err(ConfigErrors(loader.errors));
+        }
+        loader.finish(path.as_ref())
+    }
+
+    /// Paths of every file this config was read from (for the file watcher).
+    pub fn file_paths(&self) -> impl Iterator<Item = &Path> {
+        self.files.iter().map(|f| f.path.as_path())
+    }
+
+    /// Directories the file watcher should watch.
+    pub fn include_dirs(&self) -> Vec<PathBuf> {
+        self.watch_dirs.clone()
+    }
+
+    /// The effective config as JSON, with secrets replaced by `"<redacted>"`.
+    pub fn redacted_json(&self) -> serde_json::Value {
+        let mut frontends = serde_json::Map::new();
+        for (name, f) in &self.frontends {
+            let mut v = serde_json::to_value(f).unwrap_or(serde_json::Value::Null);
+            if let Some(tls) = v.get_mut("tls").and_then(|t| t.as_object_mut()) {
+                tls.insert("key".into(), "<redacted>".into());
+            }
+            frontends.insert(name.clone(), v);
+        }
+        serde_json::json!({
+            "files": self.files.iter().map(|f| f.path.display().to_string()).collect::<Vec<_>>(),
+            "admin": self.admin,
+            "server": self.server,
+            "upstreams": self.upstreams,
+            "frontends": frontends,
+        })
+    }
+}
+
+/// Where a merged item was defined: which file, so errors can point into it.
+#[derive(Default)]
+struct Origins {
+    upstreams: BTreeMap<String, usize>,
+    frontends: BTreeMap<String, usize>,
+    admin: Option<usize>,
+}
+
+#[derive(Default)]
+struct Loader {
+    files: Vec<SourceFile>,
+    parsed: Vec<FileConfig>,
+    seen: HashSet<PathBuf>,
+    errors: Vec<ConfigError>,
+    watch_dirs: Vec<PathBuf>,
+}
+
+impl Loader {
+    fn load_file(&mut self, path: PathBuf) {
+        let key = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        if !self.seen.insert(key) {
+            return;
+        }
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.errors.push(ConfigError {
+                    file: path,
+                    line: 1,
+                    col: 1,
+                    field: String::new(),
+                    message: format!("cannot read file: {e}"),
+                });
+                return;
+            }
+        };
+        let parsed = match toml::from_str::<FileConfig>(&text) {
+            Ok(p) => p,
+            Err(e) => {
+                let span = e.span().unwrap_or(0..0);
+                let field = path_at(&text, span.start);
+                let (line, col) = line_col(&text, span.start);
+                self.errors.push(ConfigError {
+                    file: path,
+                    line,
+                    col,
+                    field,
+                    message: e.message().trim().to_string(),
+                });
+                return;
+            }
+        };
+        let includes = parsed.include.clone();
+        let index = self.files.len();
+        self.files.push(SourceFile {
+            path: path.clone(),
+            text,
+        });
+        self.parsed.push(parsed);
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        self.watch_dirs.push(absolute(&dir));
+        for (i, pattern) in includes.iter().enumerate() {
+            let full = dir.join(pattern);
+            // The deepest directory of the pattern that has no glob in it.
+            let fixed: PathBuf = full
+                .components()
+                .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[']))
+                .collect();
+            let fixed_dir = if fixed == full {
+                fixed.parent().map(Path::to_path_buf).unwrap_or_default()
+            } else {
+                fixed
+            };
+            self.watch_dirs.push(absolute(&fixed_dir));
+            let full_str = full.to_string_lossy().into_owned();
+            let is_glob = pattern.contains(['*', '?', '[']);
+            let matches = match glob::glob(&full_str) {
+                Ok(paths) => {
+                    let mut v: Vec<PathBuf> = paths.filter_map(Result::ok).collect();
+                    v.sort();
+                    v
+                }
+                Err(e) => {
+                    self.error_at(index, &[Seg::key("include"), Seg::Index(i)], e.msg);
+                    continue;
+                }
+            };
+            if matches.is_empty() && !is_glob {
+                self.error_at(
+                    index,
+                    &[Seg::key("include"), Seg::Index(i)],
+                    format!("included file {} does not exist", full.display()),
+                );
+            }
+            for m in matches {
+                self.load_file(m);
+            }
+        }
+    }
+
+    fn error_at(&mut self, file: usize, path: &[Seg], message: impl Into<String>) {
+        self.errors
+            .push(locate_error(&self.files[file], path, message.into()));
+    }
+
+    fn finish(mut self, root: &Path) -> Result<Config, ConfigErrors> {
+        let mut origins = Origins::default();
+        let mut admin = None;
+        let mut server = None;
+        let mut upstreams = BTreeMap::new();
+        let mut frontends = BTreeMap::new();
+        let parsed = std::mem::take(&mut self.parsed);
+        for (i, file) in parsed.into_iter().enumerate() {
+            if let Some(a) = file.admin {
+                if admin.is_some() {
+                    self.error_at(i, &[Seg::key("admin")], "[admin] is set in more than one file");
+                } else {
+                    admin = Some(a);
+                    origins.admin = Some(i);
+                }
+            }
+            if let Some(s) = file.server {
+                if server.is_some() {
+                    self.error_at(
+                        i,
+                        &[Seg::key("server")],
+                        "[server] is set in more than one file",
+                    );
+                } else {
+                    server = Some(s);
+                }
+            }
+            for (name, u) in file.upstreams {
+                if let Some(&prev) = origins.upstreams.get(&name) {
+                    let other = self.files[prev].path.display().to_string();
+                    self.error_at(
+                        i,
+                        &[Seg::key("upstreams"), Seg::key(&name)],
+                        format!("upstream {name:?} is already defined in {other}"),
+                    );
+                    continue;
+                }
+                origins.upstreams.insert(name.clone(), i);
+                upstreams.insert(name, u);
+            }
+            for (name, f) in file.frontends {
+                if let Some(&prev) = origins.frontends.get(&name) {
+                    let other = self.files[prev].path.display().to_string();
+                    self.error_at(
+                        i,
+                        &[Seg::key("frontends"), Seg::key(&name)],
+                        format!("frontend {name:?} is already defined in {other}"),
+                    );
+                    continue;
+                }
+                origins.frontends.insert(name.clone(), i);
+                frontends.insert(name, f);
+            }
+        }
+        self.watch_dirs.sort();
+        self.watch_dirs.dedup();
+        let mut config = Config {
+            watch_dirs: std::mem::take(&mut self.watch_dirs),
+            root: root.to_path_buf(),
+            files: self.files,
+            admin,
+            server: server.unwrap_or_default(),
+            upstreams,
+            frontends,
+        };
+        let mut errors = self.errors;
+        for (file, path, message) in validate::validate(&mut config, &origins) {
+            errors.push(locate_error(&config.files[file], &path, message));
+        }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+fn locate_error(file: &SourceFile, path: &[Seg], message: String) -> ConfigError {
+    let offset = span_at(&file.text, path).map(|s| s.start).unwrap_or(0);
+    let (line, col) = line_col(&file.text, offset);
+    ConfigError {
+        file: file.path.clone(),
+        line,
+        col,
+        field: locate::display_path(path),
+        message,
+    }
+}
+
+fn absolute(dir: &Path) -> PathBuf {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or("");
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, col)
+}

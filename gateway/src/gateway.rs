@@ -1,0 +1,265 @@
+//! The running gateway: builds a snapshot from a validated [`Config`] and
+//! applies it in a fixed order (build upstreams → build frontend runtimes →
+//! bind new listeners → swap → close removed listeners). Any failure before
+//! the swap leaves the previous snapshot serving untouched.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Mutex;
+
+use crate::config::{Config, ConfigErrors};
+use crate::frontend::{FrontendRuntime, Listener};
+use crate::metrics::Metrics;
+use crate::upstream::Upstream;
+
+/// Why a config could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The config is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// A TLS file could not be used.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
+    /// A listener could not be bound.
+    #[error("frontend {frontend:?}: cannot listen on {addr}: {source}")]
+    Bind {
+        /// Frontend name.
+        frontend: String,
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Options that come from the command line, not the config.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Write one access-log line per request.
+    pub access_log: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { access_log: true }
+    }
+}
+
+/// What is live right now.
+struct State {
+    /// Listeners by frontend name, with the address they were configured with.
+    listeners: BTreeMap<String, (SocketAddr, Listener)>,
+    upstreams: BTreeMap<String, Arc<Upstream>>,
+}
+
+/// A running gateway: every frontend's listener plus the admin listener.
+pub struct Gateway {
+    root: PathBuf,
+    metrics: Arc<Metrics>,
+    options: Options,
+    state: Mutex<State>,
+    config: ArcSwap<Config>,
+    ready: AtomicBool,
+    admin: std::sync::Mutex<Option<(SocketAddr, tokio::task::JoinHandle<()>)>>,
+}
+
+impl Gateway {
+    /// Load the config at `path` and start serving it.
+    pub async fn start(path: impl AsRef<Path>, options: Options) -> Result<Arc<Gateway>, ApplyError> {
+        let config = Config::load(path.as_ref())?;
+        let gw = Arc::new(Gateway {
+            root: path.as_ref().to_path_buf(),
+            metrics: Arc::new(Metrics::default()),
+            options,
+            state: Mutex::new(State {
+                listeners: BTreeMap::new(),
+                upstreams: BTreeMap::new(),
+            }),
+            config: ArcSwap::from_pointee(config.clone()),
+            ready: AtomicBool::new(false),
+            admin: std::sync::Mutex::new(None),
+        });
+        gw.apply(config).await?;
+        if let Some(admin) = gw.config.load().admin.clone() {
+            let (addr, task) = crate::admin::spawn(admin.listen, Arc::downgrade(&gw))
+                .await
+                .map_err(|source| ApplyError::Bind {
+                    frontend: "[admin]".into(),
+                    addr: admin.listen,
+                    source,
+                })?;
+            *gw.admin.lock().unwrap_or_else(|p| p.into_inner()) = Some((addr, task));
+        }
+        gw.ready.store(true, Ordering::Relaxed);
+        Ok(gw)
+    }
+
+    /// The root config file.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The config currently applied.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Whether the gateway is serving and not shutting down.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The bound address of a frontend.
+    pub async fn frontend_addr(&self, name: &str) -> Option<SocketAddr> {
+        let state = self.state.lock().await;
+        state.listeners.get(name).map(|(_, l)| l.local_addr)
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(a, _)| *a)
+    }
+
+    /// Upstream by name (for the admin API and tests).
+    pub async fn upstream(&self, name: &str) -> Option<Arc<Upstream>> {
+        self.state.lock().await.upstreams.get(name).cloned()
+    }
+
+    /// Re-read the config from disk and apply it; on failure the old config
+    /// keeps serving. Counted in `transom_config_reloads`.
+    pub async fn reload(&self) -> Result<bool, ApplyError> {
+        let result = match Config::load(&self.root) {
+            Ok(config) => {
+                if config.files == self.config.load().files {
+                    return Ok(false);
+                }
+                self.apply(config).await
+            }
+            Err(e) => Err(ApplyError::Config(e)),
+        };
+        self.metrics.reload(result.is_ok());
+        match &result {
+            Ok(()) => tracing::info!("config reloaded"),
+            Err(e) => tracing::error!("config reload rejected; the previous config keeps serving:\n{e}"),
+        }
+        result.map(|()| true)
+    }
+
+    /// Apply a validated config.
+    pub async fn apply(&self, config: Config) -> Result<(), ApplyError> {
+        let mut state = self.state.lock().await;
+
+        // build upstreams, keeping those whose config did not change (pools, health, breakers)
+        let mut upstreams = BTreeMap::new();
+        for (name, uc) in &config.upstreams {
+            let up = match state.upstreams.get(name) {
+                Some(old) if old.config == *uc => old.clone(),
+                _ => Upstream::new(name, uc, &self.metrics)?,
+            };
+            upstreams.insert(name.clone(), up);
+        }
+
+        // build frontend runtimes
+        let mut runtimes = Vec::new();
+        for (name, fc) in &config.frontends {
+            let rt = FrontendRuntime::new(name, fc, &upstreams, &self.metrics, self.options.access_log)?;
+            runtimes.push((name.clone(), fc.listen, rt));
+        }
+
+        // Reuse a socket when the frontend keeps its address, or when another
+        // frontend that no longer uses that address held it; bind the rest.
+        let mut old = std::mem::take(&mut state.listeners);
+        let mut next: BTreeMap<String, (SocketAddr, Listener)> = BTreeMap::new();
+        let mut swaps = Vec::new();
+        let mut to_bind = Vec::new();
+        for (name, addr, rt) in runtimes {
+            let reuse = match old.get(&name) {
+                Some((a, _)) if *a == addr => Some(name.clone()),
+                _ if addr.port() != 0 => old
+                    .iter()
+                    .find(|(n, (a, _))| *a == addr && !config.frontends.get(*n).is_some_and(|f| f.listen == addr))
+                    .map(|(n, _)| n.clone()),
+                _ => None,
+            };
+            match reuse.and_then(|n| old.remove(&n).map(|e| (n, e))) {
+                Some((orig, entry)) => {
+                    swaps.push((orig, name.clone(), rt));
+                    next.insert(name, entry);
+                }
+                None => to_bind.push((name, addr, rt)),
+            }
+        }
+        let mut bound = Vec::new();
+        for (name, addr, rt) in to_bind {
+            match Listener::bind(addr, rt) {
+                Ok(l) => bound.push((name, addr, l)),
+                Err(source) => {
+                    for (_, _, l) in bound {
+                        l.shutdown(Duration::ZERO).await;
+                    }
+                    // Nothing was swapped: put every listener back as it was.
+                    for (orig, name, _) in swaps {
+                        if let Some(entry) = next.remove(&name) {
+                            old.insert(orig, entry);
+                        }
+                    }
+                    state.listeners = old;
+                    return Err(ApplyError::Bind {
+                        frontend: name,
+                        addr,
+                        source,
+                    });
+                }
+            }
+        }
+
+        // swap
+        for (_, name, rt) in swaps {
+            if let Some((_, l)) = next.get(&name) {
+                l.runtime.store(Arc::new(rt));
+            }
+        }
+        for (name, addr, l) in bound {
+            tracing::info!(frontend = %name, addr = %l.local_addr, "listening");
+            next.insert(name, (addr, l));
+        }
+        let grace = config.server.shutdown_grace.get();
+        for (name, (_, l)) in old {
+            tracing::info!(frontend = %name, addr = %l.local_addr, "frontend removed: draining its listener");
+            tokio::spawn(l.shutdown(grace));
+        }
+        state.listeners = next;
+        state.upstreams = upstreams;
+        self.config.store(Arc::new(config));
+        Ok(())
+    }
+
+    /// Stop accepting everywhere, let in-flight requests finish within the
+    /// configured grace period, then close.
+    pub async fn shutdown(&self) {
+        self.ready.store(false, Ordering::Relaxed);
+        let grace = self.config.load().server.shutdown_grace.get();
+        let listeners = std::mem::take(&mut self.state.lock().await.listeners);
+        let drains = listeners.into_values().map(|(_, l)| l.shutdown(grace));
+        futures_util::future::join_all(drains).await;
+        if let Some((_, task)) = self.admin.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The `transom` command: `run`, `check` and `demo`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use transom::{Config, Gateway, Options};
+
+#[derive(Parser)]
+#[command(name = "transom", version, about = "A programmable API gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Root config file.
+    #[arg(long, short, default_value = "transom.toml")]
+    config: PathBuf,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Do not write one access-log line per request.
+    #[arg(long)]
+    no_access_log: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the config, reloading it on change and on SIGHUP.
+    Run(RunArgs),
+    /// Validate the config (and its includes) and print a summary.
+    Check {
+        /// Root config file.
+        #[arg(long, short, default_value = "transom.toml")]
+        config: PathBuf,
+    },
+    /// Start the demo services and serve the demo config.
+    Demo(DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Demo config.
+    #[arg(long, short, default_value = "examples/demo/transom.toml")]
+    config: PathBuf,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run(args) => {
+            init_tracing(args.log_format);
+            exit(serve(args.config, !args.no_access_log, false))
+        }
+        Command::Demo(args) => {
+            init_tracing(args.log_format);
+            exit(serve(args.config, true, true))
+        }
+    }
+}
+
+fn exit(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("transom: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(c) => {
+            print!("{}", summary(&c));
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "{}: {} error{}",
+                path.display(),
+                errors.0.len(),
+                if errors.0.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn summary(c: &Config) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let routes: usize = c.frontends.values().map(|f| f.routes.len()).sum();
+    let _ = writeln!(
+        s,
+        "{}: ok ({} file{}, {} frontend{}, {} route{}, {} upstream{})",
+        c.root.display(),
+        c.files.len(),
+        plural(c.files.len()),
+        c.frontends.len(),
+        plural(c.frontends.len()),
+        routes,
+        plural(routes),
+        c.upstreams.len(),
+        plural(c.upstreams.len())
+    );
+    for (name, f) in &c.frontends {
+        let tls = if f.tls.is_some() { " (tls)" } else { "" };
+        let _ = writeln!(s, "frontend {name} on {}{tls}", f.listen);
+        for (i, r) in f.routes.iter().enumerate() {
+            let rname = r.name.clone().unwrap_or_else(|| format!("route-{i}"));
+            let m = &r.matcher;
+            let what = m
+                .path
+                .clone()
+                .or_else(|| m.path_prefix.clone().map(|p| format!("{p}*")))
+                .unwrap_or_else(|| "*".into());
+            let target = match (&r.upstream, &r.split) {
+                (Some(u), _) => u.clone(),
+                (None, Some(split)) => split
+                    .iter()
+                    .map(|t| format!("{}:{}", t.upstream, t.weight))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                _ => "-".into(),
+            };
+            let _ = writeln!(s, "  {rname:<16} {what:<24} -> {target}");
+        }
+    }
+    for (name, u) in &c.upstreams {
+        let eps: Vec<&str> = u.endpoints.iter().map(|e| e.address()).collect();
+        let _ = writeln!(
+            s,
+            "upstream {name}: {} ({:?}, {:?})",
+            eps.join(", "),
+            u.balance,
+            u.protocol
+        );
+    }
+    s
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+#[tokio::main]
+async fn serve(config: PathBuf, access_log: bool, demo: bool) -> anyhow::Result<()> {
+    if demo {
+        transom::demo::start()
+            .await
+            .context("starting the demo services")?;
+    }
+    let gw = Gateway::start(&config, Options { access_log })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("cannot start with {}", config.display()))?;
+    if let Err(e) = transom::reload::watch(std::sync::Arc::downgrade(&gw)) {
+        tracing::warn!(error = %e, "config file watching is off; SIGHUP still reloads");
+    }
+    if demo {
+        print_demo_help(&gw).await;
+    }
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading config");
+                let _ = gw.reload().await;
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+    gw.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn print_demo_help(gw: &Gateway) {
+    let web = gw.frontend_addr("web").await;
+    let mobile = gw.frontend_addr("mobile").await;
+    println!("\nTransom demo is running.");
+    for s in transom::demo::SERVICES {
+        println!("  demo service {:<9} http://{}", s.name, s.addr);
+    }
+    if let (Some(web), Some(mobile)) = (web, mobile) {
+        println!("  frontend web          http://{web}");
+        println!("  frontend mobile       http://{mobile}");
+        println!("\nTry:");
+        println!("  curl -s http://{web}/api/users/alice");
+        println!("  curl -s 'http://{web}/api/orders?user=alice'");
+        println!("  curl -s --compressed http://{web}/api/products");
+        println!("  curl -s http://{mobile}/m/users/alice");
+        println!("  curl -si http://{mobile}/nope            # 404 with a JSON error");
+    }
+    if let Some(admin) = gw.admin_addr() {
+        println!("  curl -s http://{admin}/metrics | grep transom_requests");
+        println!("  curl -s http://{admin}/config");
+    }
+    println!("\nEdit examples/demo/*.toml and the gateway reloads. Ctrl-C stops.\n");
+}

@@ -1,0 +1,472 @@
+//! One request's path through a frontend, in explicit phases:
+//!
+//! 1. **identify**: keep or mint `x-request-id`;
+//! 2. **route**: first matching route, or 404/405;
+//! 3. **admit**: body size limit (413);
+//! 4. **forward**: rewrite path and headers, send over the upstream's pool
+//!    with retries and a deadline (502/503/504 on failure);
+//! 5. **respond**: strip hop-by-hop headers, pass upgrades through, compress;
+//! 6. **log**: one access-log line and the metrics, when the response body ends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::body::{Body, BoxError, boxed};
+use crate::compress;
+use crate::error::ProxyError;
+use crate::frontend::FrontendRuntime;
+use crate::route::RouteMatch;
+use crate::upstream::{Outbound, UpstreamError};
+
+/// `x-request-id`
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// What the connection knows about its client.
+pub struct ConnInfo {
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// Handle one request on a frontend. Never fails: every problem becomes a
+/// response.
+pub async fn handle(
+    rt: Arc<FrontendRuntime>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<Logged>, std::convert::Infallible> {
+    let start = Instant::now();
+
+    // identify
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if !v.is_empty() && v.len() <= 128 => v.clone(),
+        _ => new_request_id(),
+    };
+    let mut log = AccessLog {
+        frontend: rt.name.clone(),
+        route: None,
+        upstream: None,
+        endpoint: None,
+        method: req.method().clone(),
+        path: req.uri().path().to_string(),
+        status: 0,
+        start,
+        request_id: request_id.clone(),
+        bytes_in: None,
+        counters: rt.unmatched.clone(),
+        latency: rt.latency.clone(),
+        access_log: rt.access_log,
+    };
+
+    let response = match forward(&rt, &conn, req, &request_id, &mut log).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            if e.status().is_server_error() {
+                tracing::debug!(request_id = ?request_id, error = %e, "gateway error");
+            }
+            e.into_response(&request_id)
+        }
+    };
+    log.status = response.status().as_u16();
+    let (parts, body) = response.into_parts();
+    Ok(Response::from_parts(
+        parts,
+        Logged {
+            inner: body,
+            bytes: 0,
+            log: Some(Box::new(log)),
+        },
+    ))
+}
+
+async fn forward(
+    rt: &FrontendRuntime,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    request_id: &HeaderValue,
+    log: &mut AccessLog,
+) -> Result<Response<Body>, ProxyError> {
+    // route
+    let host_header = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()));
+    let host = host_header.as_deref().map(strip_port);
+    let route = match rt
+        .router
+        .find(req.method(), host, req.uri().path(), req.headers())
+    {
+        RouteMatch::Found(r) => r,
+        RouteMatch::MethodNotAllowed(m) => return Err(ProxyError::MethodNotAllowed(m)),
+        RouteMatch::NotFound => return Err(ProxyError::NoRoute),
+    };
+    log.route = Some(route.name.clone());
+    log.counters = route.counters.clone();
+
+    // admit
+    let max_body = rt.limits.max_request_body.bytes();
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
+        let len: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| ProxyError::BadRequest("invalid content-length".into()))?;
+        if len > max_body {
+            return Err(ProxyError::BodyTooLarge(max_body));
+        }
+    }
+
+    // forward
+    let upstream = route.upstream(req.headers()).clone();
+    log.upstream = Some(upstream.clone());
+    let encoding = route
+        .compress
+        .as_ref()
+        .and_then(|c| compress::negotiate(c, req.headers()));
+    let is_head = req.method() == http::Method::HEAD;
+    let upgrade = wants_upgrade(&req);
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    let path = route.forward_path(req.uri().path());
+    let pq = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let path_and_query = pq
+        .parse()
+        .map_err(|_| ProxyError::BadRequest("invalid path".into()))?;
+
+    let mut headers = std::mem::take(req.headers_mut());
+    let upgrade_proto = if upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    strip_hop_by_hop(&mut headers);
+    if let Some(proto) = upgrade_proto {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, proto);
+    }
+    headers.remove(header::EXPECT);
+    if !headers.contains_key(header::HOST) {
+        if let Some(h) = host_header.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+            headers.insert(header::HOST, h);
+        }
+    }
+    if let Some(h) = host_header.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+        headers.insert(X_FORWARDED_HOST.clone(), h);
+    }
+    let client_ip = conn.remote.ip().to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {client_ip}"),
+        None => client_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+
+    let (parts, incoming) = req.into_parts();
+    let body = if http_body::Body::is_end_stream(&incoming) {
+        None
+    } else {
+        let counter = Arc::new(AtomicU64::new(0));
+        log.bytes_in = Some(counter.clone());
+        Some(boxed(Counted {
+            inner: http_body_util::Limited::new(incoming, max_body as usize),
+            counter,
+        }))
+    };
+    let out = Outbound {
+        method: parts.method,
+        path_and_query,
+        headers,
+        body,
+    };
+    let timeout = route
+        .timeout
+        .unwrap_or_else(|| upstream.config.request_timeout.get());
+    let answer = upstream.send(out, timeout).await.map_err(|e| match e {
+        UpstreamError::NoHealthyEndpoint(_) => ProxyError::Unavailable(e.to_string()),
+        UpstreamError::Timeout(_) => ProxyError::Timeout(e.to_string()),
+        UpstreamError::Connect { .. } | UpstreamError::Protocol { .. } => {
+            ProxyError::BadGateway(e.to_string())
+        }
+        UpstreamError::RequestBody(msg) => {
+            if msg.contains("length limit exceeded") {
+                ProxyError::BodyTooLarge(max_body)
+            } else {
+                ProxyError::BadRequest(format!("request body: {msg}"))
+            }
+        }
+    })?;
+    log.endpoint = Some(answer.endpoint);
+    let mut resp = answer.response;
+
+    // respond
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(down) = on_upgrade {
+            let up = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                let (Ok(down), Ok(up)) = (down.await, up.await) else {
+                    return;
+                };
+                let mut down = hyper_util::rt::TokioIo::new(down);
+                let mut up = hyper_util::rt::TokioIo::new(up);
+                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+            });
+        }
+        let (mut parts, body) = resp.into_parts();
+        parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+        return Ok(Response::from_parts(parts, boxed(body)));
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    parts.version = Version::HTTP_11;
+    let mut resp = Response::from_parts(parts, boxed(body));
+    if let (Some(enc), Some(cfg)) = (encoding, route.compress.as_ref()) {
+        if !is_head {
+            resp = compress::apply(cfg, enc, resp);
+        }
+    }
+    Ok(resp)
+}
+
+fn wants_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Remove hop-by-hop headers (RFC 9110 §7.6.1), including those the
+/// `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [v6]:port
+        return host.split(']').next().map_or(host, |h| &h[1..]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+/// 16 random bytes as hex, like a UUID without dashes.
+fn new_request_id() -> HeaderValue {
+    let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// What the access log and metrics need once the response body ends.
+struct AccessLog {
+    frontend: Arc<str>,
+    route: Option<Arc<str>>,
+    upstream: Option<Arc<crate::upstream::Upstream>>,
+    endpoint: Option<Arc<str>>,
+    method: http::Method,
+    path: String,
+    status: u16,
+    start: Instant,
+    request_id: HeaderValue,
+    bytes_in: Option<Arc<AtomicU64>>,
+    counters: [Counter; 5],
+    latency: Histogram,
+    access_log: bool,
+}
+
+impl AccessLog {
+    fn finish(&self, bytes_out: u64) {
+        let class = usize::from((self.status / 100).clamp(1, 5)) - 1;
+        self.counters[class].inc();
+        let elapsed = self.start.elapsed();
+        self.latency.observe(elapsed.as_secs_f64());
+        if self.access_log {
+            tracing::info!(
+                target: "transom::access",
+                frontend = %self.frontend,
+                route = %self.route.as_deref().unwrap_or("-"),
+                upstream = %self.upstream.as_ref().map_or("-", |u| u.name.as_str()),
+                endpoint = %self.endpoint.as_deref().unwrap_or("-"),
+                method = %self.method,
+                path = %self.path,
+                status = self.status,
+                bytes_in = self.bytes_in.as_ref().map_or(0, |c| c.load(Ordering::Relaxed)),
+                bytes_out,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                request_id = %self.request_id.to_str().unwrap_or("-"),
+            );
+        }
+    }
+}
+
+pin_project! {
+    /// The response body as sent downstream: counts bytes and logs the
+    /// request when it ends (or is dropped half-way).
+    pub struct Logged {
+        #[pin]
+        inner: Body,
+        bytes: u64,
+        log: Option<Box<AccessLog>>,
+    }
+
+    impl PinnedDrop for Logged {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(log) = this.log.take() {
+                log.finish(*this.bytes);
+            }
+        }
+    }
+}
+
+impl http_body::Body for Logged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let res = this.inner.poll_frame(cx);
+        match &res {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    *this.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                if let Some(log) = this.log.take() {
+                    log.finish(*this.bytes);
+                }
+            }
+            Poll::Pending => {}
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    /// A request body that counts the bytes it passes on.
+    struct Counted<B> {
+        #[pin]
+        inner: B,
+        counter: Arc<AtomicU64>,
+    }
+}
+
+impl<B> http_body::Body for Counted<B>
+where
+    B: http_body::Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let res = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &res {
+            if let Some(d) = frame.data_ref() {
+                this.counter.fetch_add(d.len() as u64, Ordering::Relaxed);
+            }
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn ports_are_stripped() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+    }
+}
