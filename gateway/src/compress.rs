@@ -85,19 +85,24 @@ pub fn apply(cfg: &CompressConfig, enc: Encoding, resp: Response<Body>) -> Respo
         .append(header::VARY, HeaderValue::from_static("accept-encoding"));
     if let Some(etag) = parts.headers.get(header::ETAG).cloned() {
         // A strong validator no longer describes the encoded bytes.
-        if let Ok(s) = etag.to_str() {
-            if !s.starts_with("W/") {
-                if let Ok(weak) = HeaderValue::from_str(&format!("W/{s}")) {
-                    parts.headers.insert(header::ETAG, weak);
-                }
-            }
+        if let Ok(s) = etag.to_str()
+            && !s.starts_with("W/")
+            && let Ok(weak) = HeaderValue::from_str(&format!("W/{s}"))
+        {
+            parts.headers.insert(header::ETAG, weak);
         }
     }
     let reader = StreamReader::new(BodyDataStream::new(body).map_err(std::io::Error::other));
     let stream = match enc {
-        Encoding::Gzip => ReaderStream::new(GzipEncoder::with_quality(reader, Level::Default)).boxed(),
-        Encoding::Br => ReaderStream::new(BrotliEncoder::with_quality(reader, Level::Precise(4))).boxed(),
-        Encoding::Zstd => ReaderStream::new(ZstdEncoder::with_quality(reader, Level::Default)).boxed(),
+        Encoding::Gzip => {
+            ReaderStream::new(GzipEncoder::with_quality(reader, Level::Default)).boxed()
+        }
+        Encoding::Br => {
+            ReaderStream::new(BrotliEncoder::with_quality(reader, Level::Precise(4))).boxed()
+        }
+        Encoding::Zstd => {
+            ReaderStream::new(ZstdEncoder::with_quality(reader, Level::Default)).boxed()
+        }
     };
     let body = StreamBody::new(stream.map_ok(http_body::Frame::data));
     Response::from_parts(parts, boxed(body))
@@ -117,7 +122,10 @@ mod tests {
     fn negotiation_follows_config_order_and_q() {
         let cfg = CompressConfig::default();
         assert_eq!(negotiate(&cfg, &accept("gzip, br")), Some(Encoding::Br));
-        assert_eq!(negotiate(&cfg, &accept("gzip, br;q=0")), Some(Encoding::Gzip));
+        assert_eq!(
+            negotiate(&cfg, &accept("gzip, br;q=0")),
+            Some(Encoding::Gzip)
+        );
         assert_eq!(negotiate(&cfg, &accept("identity")), None);
         assert_eq!(negotiate(&cfg, &HeaderMap::new()), None);
     }

@@ -23,10 +23,22 @@ pub struct Service {
 
 /// The services `examples/demo/transom.toml` expects.
 pub const SERVICES: &[Service] = &[
-    Service { name: "users", addr: "127.0.0.1:7101" },
-    Service { name: "users", addr: "127.0.0.1:7102" },
-    Service { name: "orders", addr: "127.0.0.1:7201" },
-    Service { name: "products", addr: "127.0.0.1:7301" },
+    Service {
+        name: "users",
+        addr: "127.0.0.1:7101",
+    },
+    Service {
+        name: "users",
+        addr: "127.0.0.1:7102",
+    },
+    Service {
+        name: "orders",
+        addr: "127.0.0.1:7201",
+    },
+    Service {
+        name: "products",
+        addr: "127.0.0.1:7301",
+    },
 ];
 
 /// Start every demo service; returns when all are listening.
@@ -38,7 +50,10 @@ pub async fn start() -> std::io::Result<Vec<SocketAddr>> {
             .parse()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("demo service {} on {addr}: {e}", svc.name))
+            std::io::Error::new(
+                e.kind(),
+                format!("demo service {} on {addr}: {e}", svc.name),
+            )
         })?;
         addrs.push(listener.local_addr()?);
         let name = svc.name;
@@ -118,7 +133,10 @@ fn answer(service: &str, instance: &str, req: Request<Incoming>) -> Response<Bod
     };
     let (status, body) = match body {
         Some(b) => (StatusCode::OK, b),
-        None => (StatusCode::NOT_FOUND, json!({"error": "not found", "service": service})),
+        None => (
+            StatusCode::NOT_FOUND,
+            json!({"error": "not found", "service": service}),
+        ),
     };
     let mut resp = Response::new(full(body.to_string()));
     *resp.status_mut() = status;

@@ -55,7 +55,10 @@ impl ProxyError {
                 resp.headers_mut().insert(header::ALLOW, v);
             }
         }
-        if matches!(self, ProxyError::BadRequest(_) | ProxyError::BodyTooLarge(_)) {
+        if matches!(
+            self,
+            ProxyError::BadRequest(_) | ProxyError::BodyTooLarge(_)
+        ) {
             // The rest of the request cannot be trusted: close the connection.
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));

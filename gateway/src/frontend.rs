@@ -63,7 +63,9 @@ impl FrontendRuntime {
         access_log: bool,
     ) -> Result<FrontendRuntime, crate::tls::TlsError> {
         let tls = match &config.tls {
-            Some(t) => Some(TlsAcceptor::from(crate::tls::server_config(&t.cert, &t.key)?)),
+            Some(t) => Some(TlsAcceptor::from(crate::tls::server_config(
+                &t.cert, &t.key,
+            )?)),
             None => None,
         };
         let labels = FrontendLabels {
@@ -165,10 +167,8 @@ async fn accept_loop(
         while conns.try_join_next().is_some() {}
     };
     drop(listener);
-    let drained = tokio::time::timeout(grace, async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!(open = conns.len(), "grace period over: closing connections");
         conns.abort_all();
@@ -195,11 +195,9 @@ async fn serve_connection(
     let _open = OpenGuard(rt.open_connections.clone());
     match rt.tls.clone() {
         Some(acceptor) => {
-            let handshake = tokio::time::timeout(
-                rt.limits.header_read_timeout.get(),
-                acceptor.accept(stream),
-            )
-            .await;
+            let handshake =
+                tokio::time::timeout(rt.limits.header_read_timeout.get(), acceptor.accept(stream))
+                    .await;
             match handshake {
                 Ok(Ok(tls)) => {
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -237,7 +235,11 @@ async fn serve_http<IO>(
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes.bytes() as u32)
         .max_concurrent_streams(256);
-    let builder = if h2_only { builder.http2_only() } else { builder };
+    let builder = if h2_only {
+        builder.http2_only()
+    } else {
+        builder
+    };
 
     let conn = Arc::new(ConnInfo { remote, tls });
     let activity = Arc::new(Activity::default());

@@ -72,7 +72,10 @@ pub struct Gateway {
 
 impl Gateway {
     /// Load the config at `path` and start serving it.
-    pub async fn start(path: impl AsRef<Path>, options: Options) -> Result<Arc<Gateway>, ApplyError> {
+    pub async fn start(
+        path: impl AsRef<Path>,
+        options: Options,
+    ) -> Result<Arc<Gateway>, ApplyError> {
         let config = Config::load(path.as_ref())?;
         let gw = Arc::new(Gateway {
             root: path.as_ref().to_path_buf(),
@@ -156,7 +159,9 @@ impl Gateway {
         self.metrics.reload(result.is_ok());
         match &result {
             Ok(()) => tracing::info!("config reloaded"),
-            Err(e) => tracing::error!("config reload rejected; the previous config keeps serving:\n{e}"),
+            Err(e) => {
+                tracing::error!("config reload rejected; the previous config keeps serving:\n{e}")
+            }
         }
         result.map(|()| true)
     }
@@ -178,7 +183,8 @@ impl Gateway {
         // build frontend runtimes
         let mut runtimes = Vec::new();
         for (name, fc) in &config.frontends {
-            let rt = FrontendRuntime::new(name, fc, &upstreams, &self.metrics, self.options.access_log)?;
+            let rt =
+                FrontendRuntime::new(name, fc, &upstreams, &self.metrics, self.options.access_log)?;
             runtimes.push((name.clone(), fc.listen, rt));
         }
 
@@ -193,7 +199,9 @@ impl Gateway {
                 Some((a, _)) if *a == addr => Some(name.clone()),
                 _ if addr.port() != 0 => old
                     .iter()
-                    .find(|(n, (a, _))| *a == addr && !config.frontends.get(*n).is_some_and(|f| f.listen == addr))
+                    .find(|(n, (a, _))| {
+                        *a == addr && config.frontends.get(*n).is_none_or(|f| f.listen != addr)
+                    })
                     .map(|(n, _)| n.clone()),
                 _ => None,
             };

@@ -98,7 +98,11 @@ impl Default for Metrics {
             endpoint_ejections.clone(),
         );
         let reloads = Family::default();
-        registry.register("config_reloads", "Config reloads by result", reloads.clone());
+        registry.register(
+            "config_reloads",
+            "Config reloads by result",
+            reloads.clone(),
+        );
         Metrics {
             registry,
             requests,

@@ -168,12 +168,17 @@ async fn forward(
         headers.insert(header::UPGRADE, proto);
     }
     headers.remove(header::EXPECT);
-    if !headers.contains_key(header::HOST) {
-        if let Some(h) = host_header.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
-            headers.insert(header::HOST, h);
-        }
+    if !headers.contains_key(header::HOST)
+        && let Some(h) = host_header
+            .as_deref()
+            .and_then(|h| HeaderValue::from_str(h).ok())
+    {
+        headers.insert(header::HOST, h);
     }
-    if let Some(h) = host_header.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+    if let Some(h) = host_header
+        .as_deref()
+        .and_then(|h| HeaderValue::from_str(h).ok())
+    {
         headers.insert(X_FORWARDED_HOST.clone(), h);
     }
     let client_ip = conn.remote.ip().to_string();
@@ -241,18 +246,22 @@ async fn forward(
             });
         }
         let (mut parts, body) = resp.into_parts();
-        parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+        parts
+            .headers
+            .insert(X_REQUEST_ID.clone(), request_id.clone());
         return Ok(Response::from_parts(parts, boxed(body)));
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    parts
+        .headers
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
     parts.version = Version::HTTP_11;
     let mut resp = Response::from_parts(parts, boxed(body));
-    if let (Some(enc), Some(cfg)) = (encoding, route.compress.as_ref()) {
-        if !is_head {
-            resp = compress::apply(cfg, enc, resp);
-        }
+    if let (Some(enc), Some(cfg)) = (encoding, route.compress.as_ref())
+        && !is_head
+    {
+        resp = compress::apply(cfg, enc, resp);
     }
     Ok(resp)
 }
@@ -430,10 +439,10 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
         let res = this.inner.poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &res {
-            if let Some(d) = frame.data_ref() {
-                this.counter.fetch_add(d.len() as u64, Ordering::Relaxed);
-            }
+        if let Poll::Ready(Some(Ok(frame))) = &res
+            && let Some(d) = frame.data_ref()
+        {
+            this.counter.fetch_add(d.len() as u64, Ordering::Relaxed);
         }
         res
     }
@@ -454,7 +463,10 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert("x-kept", HeaderValue::from_static("1"));

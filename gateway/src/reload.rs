@@ -22,7 +22,11 @@ pub fn watch(gateway: Weak<Gateway>) -> notify::Result<()> {
         if ev.kind.is_access() {
             return;
         }
-        if ev.paths.iter().any(|p| p.extension().is_some_and(|e| e == "toml")) {
+        if ev
+            .paths
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "toml"))
+        {
             // A full channel already means "reload pending".
             let _ = tx.try_send(());
         }
@@ -52,7 +56,11 @@ pub fn watch(gateway: Weak<Gateway>) -> notify::Result<()> {
     Ok(())
 }
 
-fn sync_dirs(watcher: &mut notify::RecommendedWatcher, watched: &mut Vec<PathBuf>, dirs: Vec<PathBuf>) {
+fn sync_dirs(
+    watcher: &mut notify::RecommendedWatcher,
+    watched: &mut Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
+) {
     for d in dirs {
         if !watched.contains(&d) && watcher.watch(&d, RecursiveMode::NonRecursive).is_ok() {
             watched.push(d);

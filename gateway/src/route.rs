@@ -136,19 +136,25 @@ impl Router {
     }
 
     /// The first route that matches.
-    pub fn find(&self, method: &Method, host: Option<&str>, path: &str, headers: &HeaderMap) -> RouteMatch<'_> {
+    pub fn find(
+        &self,
+        method: &Method,
+        host: Option<&str>,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> RouteMatch<'_> {
         let mut allowed: Vec<Method> = Vec::new();
         for route in &self.routes {
             let m = &route.matcher;
-            if let Some(p) = &m.path {
-                if path != p {
-                    continue;
-                }
+            if let Some(p) = &m.path
+                && path != p
+            {
+                continue;
             }
-            if let Some(prefix) = &m.path_prefix {
-                if !has_prefix(path, prefix) {
-                    continue;
-                }
+            if let Some(prefix) = &m.path_prefix
+                && !has_prefix(path, prefix)
+            {
+                continue;
             }
             if let Some(want) = &m.host {
                 let Some(host) = host else { continue };
@@ -194,10 +200,10 @@ impl Route {
     /// The upstream for this request: the canary if its header matches, else
     /// the single upstream or a weighted pick from the split.
     pub fn upstream(&self, headers: &HeaderMap) -> &Arc<Upstream> {
-        if let Some((name, value, up)) = &self.canary {
-            if headers.get(name) == Some(value) {
-                return up;
-            }
+        if let Some((name, value, up)) = &self.canary
+            && headers.get(name) == Some(value)
+        {
+            return up;
         }
         match &self.target {
             Target::Single(u) => u,
@@ -229,7 +235,11 @@ impl Route {
 /// `/api/` and `/api` mean the same prefix; `/` stays `/`.
 fn normalize_prefix(p: &str) -> String {
     let t = p.trim_end_matches('/');
-    if t.is_empty() { "/".to_string() } else { t.to_string() }
+    if t.is_empty() {
+        "/".to_string()
+    } else {
+        t.to_string()
+    }
 }
 
 /// Prefix match at a segment boundary.
@@ -237,8 +247,7 @@ fn has_prefix(path: &str, prefix: &str) -> bool {
     if prefix == "/" {
         return true;
     }
-    path.starts_with(prefix)
-        && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
+    path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
 }
 
 fn host_matches(want: &str, host: &str) -> bool {

@@ -51,35 +51,44 @@ pub fn path_at(text: &str, offset: usize) -> String {
         return String::new();
     };
     let mut path = Vec::new();
-    walk_table(doc.get_ref(), offset, &mut path);
-    display_path(&path)
+    find_in_table(doc.get_ref(), offset, &mut path)
+        .map(|p| display_path(&p))
+        .unwrap_or_default()
 }
 
-fn walk_table(table: &DeTable<'_>, offset: usize, path: &mut Vec<Seg>) {
+// Table headers give implicit tables spans that do not cover their bodies,
+// so search every branch rather than only the spans that contain `offset`.
+fn find_in_table(table: &DeTable<'_>, offset: usize, path: &mut Vec<Seg>) -> Option<Vec<Seg>> {
     for (k, v) in table.iter() {
-        let ks = k.span();
-        let vs = v.span();
-        if contains(&ks, offset) || contains(&vs, offset) {
-            path.push(Seg::Key(k.get_ref().to_string()));
-            walk_value(v.get_ref(), offset, path);
-            return;
+        path.push(Seg::Key(k.get_ref().to_string()));
+        if let Some(found) = find_in_value(v.get_ref(), offset, path) {
+            return Some(found);
         }
+        if contains(&k.span(), offset) || contains(&v.span(), offset) {
+            return Some(path.clone());
+        }
+        path.pop();
     }
+    None
 }
 
-fn walk_value(value: &DeValue<'_>, offset: usize, path: &mut Vec<Seg>) {
+fn find_in_value(value: &DeValue<'_>, offset: usize, path: &mut Vec<Seg>) -> Option<Vec<Seg>> {
     match value {
-        DeValue::Table(t) => walk_table(t, offset, path),
+        DeValue::Table(t) => find_in_table(t, offset, path),
         DeValue::Array(items) => {
             for (i, item) in items.iter().enumerate() {
-                if contains(&item.span(), offset) {
-                    path.push(Seg::Index(i));
-                    walk_value(item.get_ref(), offset, path);
-                    return;
+                path.push(Seg::Index(i));
+                if let Some(found) = find_in_value(item.get_ref(), offset, path) {
+                    return Some(found);
                 }
+                if contains(&item.span(), offset) {
+                    return Some(path.clone());
+                }
+                path.pop();
             }
+            None
         }
-        _ => {}
+        _ => None,
     }
 }
 
@@ -122,7 +131,8 @@ pub fn span_at(text: &str, path: &[Seg]) -> Option<Range<usize>> {
 mod tests {
     use super::*;
 
-    const DOC: &str = "[upstreams.a]\nendpoints = [\"x:1\"]\n\n[[frontends.web.routes]]\nupstream = \"nope\"\n";
+    const DOC: &str =
+        "[upstreams.a]\nendpoints = [\"x:1\"]\n\n[[frontends.web.routes]]\nupstream = \"nope\"\n";
 
     #[test]
     fn finds_path_for_offset() {

@@ -102,7 +102,7 @@ impl Config {
     pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigErrors> {
         let mut loader = Loader::default();
         loader.load_file(path.as_ref().to_path_buf());
-        if !loader.errors.is_empty() {
+        if loader.unparsed {
             return Err(ConfigErrors(loader.errors));
         }
         loader.finish(path.as_ref())
@@ -152,6 +152,9 @@ struct Loader {
     parsed: Vec<FileConfig>,
     seen: HashSet<PathBuf>,
     errors: Vec<ConfigError>,
+    /// A file could not be read or parsed: validating the rest would only
+    /// add confusing follow-on errors.
+    unparsed: bool,
     watch_dirs: Vec<PathBuf>,
 }
 
@@ -164,6 +167,7 @@ impl Loader {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) => {
+                self.unparsed = true;
                 self.errors.push(ConfigError {
                     file: path,
                     line: 1,
@@ -177,6 +181,7 @@ impl Loader {
         let parsed = match toml::from_str::<FileConfig>(&text) {
             Ok(p) => p,
             Err(e) => {
+                self.unparsed = true;
                 let span = e.span().unwrap_or(0..0);
                 let field = path_at(&text, span.start);
                 let (line, col) = line_col(&text, span.start);
@@ -253,7 +258,11 @@ impl Loader {
         for (i, file) in parsed.into_iter().enumerate() {
             if let Some(a) = file.admin {
                 if admin.is_some() {
-                    self.error_at(i, &[Seg::key("admin")], "[admin] is set in more than one file");
+                    self.error_at(
+                        i,
+                        &[Seg::key("admin")],
+                        "[admin] is set in more than one file",
+                    );
                 } else {
                     admin = Some(a);
                     origins.admin = Some(i);
@@ -312,6 +321,18 @@ impl Loader {
         for (file, path, message) in validate::validate(&mut config, &origins) {
             errors.push(locate_error(&config.files[file], &path, message));
         }
+        // Report in file order, then line order.
+        let order: Vec<PathBuf> = config.files.iter().map(|f| f.path.clone()).collect();
+        errors.sort_by_key(|e| {
+            (
+                order
+                    .iter()
+                    .position(|p| *p == e.file)
+                    .unwrap_or(usize::MAX),
+                e.line,
+                e.col,
+            )
+        });
         if errors.is_empty() {
             Ok(config)
         } else {

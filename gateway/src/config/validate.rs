@@ -169,13 +169,16 @@ pub(super) fn validate(config: &mut Config, origins: &Origins) -> Vec<Problem> {
             };
             let rname = route.name.clone().unwrap_or_else(|| format!("route-{i}"));
             if !route_names.insert(rname.clone()) {
-                cx.err(&r(&[k("name")]), format!("route name {rname:?} is used twice"));
+                cx.err(
+                    &r(&[k("name")]),
+                    format!("route name {rname:?} is used twice"),
+                );
             }
             let m = &route.matcher;
-            if let Some(p) = &m.path_prefix {
-                if !p.starts_with('/') {
-                    cx.err(&r(&[k("match"), k("path_prefix")]), "must start with '/'");
-                }
+            if let Some(p) = &m.path_prefix
+                && !p.starts_with('/')
+            {
+                cx.err(&r(&[k("match"), k("path_prefix")]), "must start with '/'");
             }
             if let Some(p) = &m.path {
                 if !p.starts_with('/') {
@@ -194,14 +197,16 @@ pub(super) fn validate(config: &mut Config, origins: &Origins) -> Vec<Problem> {
                 {
                     cx.err(
                         &r(&[k("match"), k("methods"), Seg::Index(j)]),
-                        format!("{method:?} is not an HTTP method (write it in capitals, e.g. \"GET\")"),
+                        format!(
+                            "{method:?} is not an HTTP method (write it in capitals, e.g. \"GET\")"
+                        ),
                     );
                 }
             }
-            if let Some(h) = &m.host {
-                if h.is_empty() || h.contains(['/', ' ']) {
-                    cx.err(&r(&[k("match"), k("host")]), "not a host name");
-                }
+            if let Some(h) = &m.host
+                && (h.is_empty() || h.contains(['/', ' ']))
+            {
+                cx.err(&r(&[k("match"), k("host")]), "not a host name");
             }
             for (hn, hv) in &m.headers {
                 if http::HeaderName::from_bytes(hn.as_bytes()).is_err() {
@@ -217,20 +222,19 @@ pub(super) fn validate(config: &mut Config, origins: &Origins) -> Vec<Problem> {
                     );
                 }
             }
-            if let Some(p) = &route.strip_prefix {
-                if !p.starts_with('/') {
-                    cx.err(&r(&[k("strip_prefix")]), "must start with '/'");
-                }
+            if let Some(p) = &route.strip_prefix
+                && !p.starts_with('/')
+            {
+                cx.err(&r(&[k("strip_prefix")]), "must start with '/'");
             }
             match (&route.upstream, &route.split) {
                 (None, None) => cx.err(
                     &r(&[]),
                     "a route needs `upstream = \"NAME\"` or `split = [...]`",
                 ),
-                (Some(_), Some(_)) => cx.err(
-                    &r(&[k("split")]),
-                    "set either upstream or split, not both",
-                ),
+                (Some(_), Some(_)) => {
+                    cx.err(&r(&[k("split")]), "set either upstream or split, not both")
+                }
                 (Some(u), None) => {
                     if !upstream_names.contains(u) {
                         cx.err(&r(&[k("upstream")]), unknown_upstream(u, &upstream_names));
@@ -267,18 +271,18 @@ pub(super) fn validate(config: &mut Config, origins: &Origins) -> Vec<Problem> {
                     cx.err(&r(&[k("canary"), k("header")]), "not a valid header name");
                 }
             }
-            if let Some(t) = route.timeout {
-                if t.get().is_zero() {
-                    cx.err(&r(&[k("timeout")]), "must be greater than zero");
-                }
+            if let Some(t) = route.timeout
+                && t.get().is_zero()
+            {
+                cx.err(&r(&[k("timeout")]), "must be greater than zero");
             }
-            if let Some(super::CompressSetting::Settings(c)) = &route.compress {
-                if c.algorithms.is_empty() {
-                    cx.err(
-                        &r(&[k("compress"), k("algorithms")]),
-                        "name at least one of \"zstd\", \"br\", \"gzip\"",
-                    );
-                }
+            if let Some(super::CompressSetting::Settings(c)) = &route.compress
+                && c.algorithms.is_empty()
+            {
+                cx.err(
+                    &r(&[k("compress"), k("algorithms")]),
+                    "name at least one of \"zstd\", \"br\", \"gzip\"",
+                );
             }
         }
         problems.extend(cx.problems);
@@ -291,10 +295,7 @@ fn unknown_upstream(name: &str, known: &BTreeSet<String>) -> String {
     if list.is_empty() {
         format!("unknown upstream {name:?}: no upstreams are defined")
     } else {
-        format!(
-            "unknown upstream {name:?} (defined: {})",
-            list.join(", ")
-        )
+        format!("unknown upstream {name:?} (defined: {})", list.join(", "))
     }
 }
 

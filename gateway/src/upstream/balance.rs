@@ -114,7 +114,9 @@ impl Balancer {
         // Fall back to a scan so a mostly-down cluster still finds its last good endpoint.
         found.or_else(|| {
             let start = fastrand::usize(..eps.len());
-            (0..eps.len()).map(|k| (start + k) % eps.len()).find(|&i| ok(i))
+            (0..eps.len())
+                .map(|k| (start + k) % eps.len())
+                .find(|&i| ok(i))
         })
     }
 }

@@ -165,9 +165,8 @@ impl Upstream {
             .https_or_http();
         let builder = match config.tls.as_ref().and_then(|t| t.server_name.clone()) {
             Some(name) => match rustls::pki_types::ServerName::try_from(name) {
-                Ok(sn) => builder.with_server_name_resolver(
-                    hyper_rustls::FixedServerNameResolver::new(sn),
-                ),
+                Ok(sn) => builder
+                    .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(sn)),
                 Err(_) => builder,
             },
             None => builder,
@@ -246,7 +245,12 @@ impl Upstream {
         let deadline = started + timeout;
         let idempotent = matches!(
             out.method,
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
         );
         let replayable = idempotent && out.body.is_none();
         let max_attempts = if replayable {
@@ -268,7 +272,9 @@ impl Upstream {
                 .balancer
                 .pick(&self.endpoints, &tried[..attempt.min(4)], now)
             else {
-                return Err(last_err.unwrap_or_else(|| UpstreamError::NoHealthyEndpoint(self.name.clone())));
+                return Err(
+                    last_err.unwrap_or_else(|| UpstreamError::NoHealthyEndpoint(self.name.clone()))
+                );
             };
             if attempt < tried.len() {
                 tried[attempt] = idx;
@@ -360,10 +366,10 @@ impl Upstream {
 fn body_error(e: &hyper_util::client::legacy::Error) -> Option<String> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = source {
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            if h.is_user() {
-                return Some(error_chain(h));
-            }
+        if let Some(h) = s.downcast_ref::<hyper::Error>()
+            && h.is_user()
+        {
+            return Some(error_chain(h));
         }
         if s.is::<http_body_util::LengthLimitError>() {
             return Some(s.to_string());

@@ -1,0 +1,148 @@
+//! The `transom` binary itself: `check` output and exit codes, and a real
+//! process draining an in-flight request on SIGTERM.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_transom");
+
+#[test]
+fn check_accepts_the_demo_config_with_a_summary() {
+    let out = Command::new(BIN)
+        .args(["check", "--config", "../examples/demo/transom.toml"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("ok (3 files, 2 frontends, 5 routes, 3 upstreams)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("frontend web on 127.0.0.1:8080"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_names_file_line_and_field_and_exits_1() {
+    let out = Command::new(BIN)
+        .args([
+            "check",
+            "--config",
+            "../tests/ui/invalid/unknown_upstream.toml",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("unknown_upstream.toml:13:12: frontends.web.routes[1].upstream: unknown upstream \"orders\""),
+        "{stderr}"
+    );
+}
+
+/// A one-connection-at-a-time upstream that answers after `delay`.
+fn slow_upstream(delay: Duration) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in l.incoming() {
+            let Ok(mut s) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                std::thread::sleep(delay);
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nslow",
+                );
+            });
+        }
+    });
+    port
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(port: u16) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"GET /x HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+#[test]
+fn sigterm_lets_the_in_flight_request_finish() {
+    let upstream = slow_upstream(Duration::from_millis(800));
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("transom-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("transom.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nshutdown_grace = \"5s\"\n[upstreams.u]\nendpoints = [\"127.0.0.1:{upstream}\"]\n\
+             [frontends.web]\nlisten = \"127.0.0.1:{port}\"\n[[frontends.web.routes]]\nupstream = \"u\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            up.elapsed() < Duration::from_secs(10),
+            "gateway did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let slow = std::thread::spawn(move || http_get(port));
+    std::thread::sleep(Duration::from_millis(200));
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let reply = slow.join().unwrap().unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.ends_with("slow"), "{reply}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gateway did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
