@@ -14,7 +14,8 @@
 #   LOAD_CPU=1          CPU wrk and the upstream are pinned to
 #   UPSTREAM_PORT, TRANSOM_PORT, NGINX_PORT   fixed ports (default: free ports)
 #   STARTUP_TIMEOUT=15  seconds to wait for a server to answer
-#   TRANSOM_ARGS=""     extra arguments appended to `transom run --config FILE`
+#   TRANSOM_ARGS="--threads 1"  extra arguments appended to `transom run --config FILE`
+#                       (one worker thread, like the one nginx worker)
 #   SKIP_BUILD=1        do not run cargo build
 #   KEEP_TMP=1          keep the temp dir (configs, logs, raw wrk output)
 set -euo pipefail
@@ -29,7 +30,7 @@ BODY_SIZE=${BODY_SIZE:-64}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 STARTUP_TIMEOUT=${STARTUP_TIMEOUT:-15}
-TRANSOM_ARGS=${TRANSOM_ARGS:-}
+TRANSOM_ARGS=${TRANSOM_ARGS:---threads 1}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_TMP=${KEEP_TMP:-0}
 

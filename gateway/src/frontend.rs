@@ -90,7 +90,9 @@ pub struct Listener {
     /// The address actually bound (differs from the config for port 0).
     pub local_addr: SocketAddr,
     /// The runtime requests are served with.
-    pub runtime: Arc<ArcSwap<FrontendRuntime>>,
+    runtime: Arc<ArcSwap<FrontendRuntime>>,
+    conn_limit: Arc<Semaphore>,
+    max_connections: std::sync::atomic::AtomicUsize,
     stop: watch::Sender<Option<Duration>>,
     done: tokio::task::JoinHandle<()>,
 }
@@ -110,13 +112,40 @@ impl Listener {
         let conn_limit = Arc::new(Semaphore::new(runtime.limits.max_connections));
         let runtime = Arc::new(ArcSwap::from_pointee(runtime));
         let (stop, stop_rx) = watch::channel(None);
-        let done = tokio::spawn(accept_loop(listener, runtime.clone(), conn_limit, stop_rx));
+        let max = runtime.load().limits.max_connections;
+        let done = tokio::spawn(accept_loop(
+            listener,
+            runtime.clone(),
+            conn_limit.clone(),
+            stop_rx,
+        ));
         Ok(Listener {
             local_addr,
             runtime,
+            conn_limit,
+            max_connections: AtomicUsize::new(max),
             stop,
             done,
         })
+    }
+
+    /// Serve new requests (on new and open connections) with `runtime`.
+    pub fn update(&self, runtime: FrontendRuntime) {
+        let new = runtime.limits.max_connections;
+        let old = self.max_connections.swap(new, Ordering::Relaxed);
+        if new > old {
+            self.conn_limit.add_permits(new - old);
+        } else if new < old {
+            // Take the surplus permits out of circulation as connections close.
+            let sem = self.conn_limit.clone();
+            let surplus = (old - new) as u32;
+            tokio::spawn(async move {
+                if let Ok(p) = sem.acquire_many_owned(surplus).await {
+                    p.forget();
+                }
+            });
+        }
+        self.runtime.store(Arc::new(runtime));
     }
 
     /// Stop accepting, let open requests finish for up to `grace`, then

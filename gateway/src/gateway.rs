@@ -240,7 +240,7 @@ impl Gateway {
         // swap
         for (_, name, rt) in swaps {
             if let Some((_, l)) = next.get(&name) {
-                l.runtime.store(Arc::new(rt));
+                l.update(rt);
             }
         }
         for (name, addr, l) in bound {

@@ -31,6 +31,9 @@ struct RunArgs {
     /// Do not write one access-log line per request.
     #[arg(long)]
     no_access_log: bool,
+    /// Worker threads (default: one per CPU).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -63,11 +66,14 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run(args) => {
             init_tracing(args.log_format);
-            exit(serve(args.config, !args.no_access_log, false))
+            exit(
+                runtime(args.threads)
+                    .and_then(|rt| rt.block_on(serve(args.config, !args.no_access_log, false))),
+            )
         }
         Command::Demo(args) => {
             init_tracing(args.log_format);
-            exit(serve(args.config, true, true))
+            exit(runtime(None).and_then(|rt| rt.block_on(serve(args.config, true, true))))
         }
     }
 }
@@ -168,7 +174,15 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
-#[tokio::main]
+fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        b.worker_threads(n);
+    }
+    Ok(b.enable_all().build()?)
+}
+
 async fn serve(config: PathBuf, access_log: bool, demo: bool) -> anyhow::Result<()> {
     if demo {
         transom::demo::start()
