@@ -270,10 +270,15 @@ async fn serve_http<IO>(
         builder
     };
 
-    let conn = Arc::new(ConnInfo { remote, tls });
+    let conn = Arc::new(ConnInfo {
+        remote,
+        tls,
+        tunnels: std::sync::Mutex::new(Vec::new()),
+    });
     let activity = Arc::new(Activity::default());
     let service = {
         let activity = activity.clone();
+        let conn = conn.clone();
         service_fn(move |req| {
             let rt = runtime.load_full();
             let conn = conn.clone();
@@ -297,7 +302,7 @@ async fn serve_http<IO>(
                 if let Err(e) = res {
                     tracing::debug!(%remote, error = %e, "connection ended with an error");
                 }
-                return;
+                break;
             }
             _ = stop.changed(), if !closing => {
                 closing = true;
@@ -310,6 +315,17 @@ async fn serve_http<IO>(
                 }
             }
         }
+    }
+    run_tunnels(&conn).await;
+}
+
+/// Drive the tunnels of upgraded requests until both sides close. They run
+/// in the connection's task: they hold its connection slot, and the
+/// listener's drain aborts them after the grace period.
+async fn run_tunnels(conn: &ConnInfo) {
+    let tunnels = std::mem::take(&mut *conn.tunnels.lock().unwrap_or_else(|p| p.into_inner()));
+    if !tunnels.is_empty() {
+        futures_util::future::join_all(tunnels).await;
     }
 }
 

@@ -38,12 +38,18 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// A tunnel (after `101 Switching Protocols`) to be driven by its connection.
+pub type Tunnel = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// What the connection knows about its client.
 pub struct ConnInfo {
     /// The client's address.
     pub remote: SocketAddr,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// Upgraded tunnels, handed to the connection task so they count against
+    /// its limits and close with it.
+    pub tunnels: std::sync::Mutex<Vec<Tunnel>>,
 }
 
 /// Handle one request on a frontend. Never fails: every problem becomes a
@@ -236,7 +242,7 @@ async fn forward(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(down) = on_upgrade {
             let up = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
+            let tunnel: Tunnel = Box::pin(async move {
                 let (Ok(down), Ok(up)) = (down.await, up.await) else {
                     return;
                 };
@@ -244,6 +250,10 @@ async fn forward(
                 let mut up = hyper_util::rt::TokioIo::new(up);
                 let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
             });
+            conn.tunnels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(tunnel);
         }
         let (mut parts, body) = resp.into_parts();
         parts
