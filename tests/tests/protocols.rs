@@ -812,7 +812,6 @@ upstream = "dead"
 }
 
 #[tokio::test]
-
 async fn upgraded_tunnel_is_closed_at_shutdown() {
     let up = TestUpstream::start("up").await;
     let gw = TestGateway::start(&format!(
