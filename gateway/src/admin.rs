@@ -30,7 +30,7 @@ pub async fn spawn(
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let gw = gw.clone();
-                    async move { Ok::<_, std::convert::Infallible>(answer(gw, req)) }
+                    async move { Ok::<_, std::convert::Infallible>(answer(gw, req).await) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
@@ -41,7 +41,7 @@ pub async fn spawn(
     Ok((local, task))
 }
 
-fn answer(gw: Weak<Gateway>, req: Request<Incoming>) -> Response<Body> {
+async fn answer(gw: Weak<Gateway>, req: Request<Incoming>) -> Response<Body> {
     let Some(gw) = gw.upgrade() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     };
@@ -58,7 +58,11 @@ fn answer(gw: Weak<Gateway>, req: Request<Incoming>) -> Response<Body> {
             }
         }
         "/metrics" => {
-            let mut r = Response::new(full(gw.metrics().encode()));
+            let mut text = gw.metrics().encode();
+            if let Some(reg) = gw.plugins().await {
+                plugin_metrics(&mut text, &reg);
+            }
+            let mut r = Response::new(full(text));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 http::HeaderValue::from_static(
@@ -77,9 +81,19 @@ fn answer(gw: Weak<Gateway>, req: Request<Incoming>) -> Response<Body> {
             );
             r
         }
+        "/plugins" => {
+            let body = serde_json::to_string_pretty(&plugins_json(&gw).await)
+                .unwrap_or_else(|_| "{}".into());
+            let mut r = Response::new(full(body));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
         _ => text(
             StatusCode::NOT_FOUND,
-            "admin endpoints: /healthz /readyz /metrics /config\n",
+            "admin endpoints: /healthz /readyz /metrics /config /plugins\n",
         ),
     }
 }
@@ -92,4 +106,107 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
         http::HeaderValue::from_static("text/plain"),
     );
     r
+}
+
+/// Every loaded plugin version: where it is used, when and how fast it
+/// loaded, its calls and failures; and the files that were rejected.
+async fn plugins_json(gw: &Gateway) -> serde_json::Value {
+    let Some(reg) = gw.plugins().await else {
+        return serde_json::json!({ "plugins": [], "rejected": [] });
+    };
+    let config = gw.config();
+    let mut plugins = Vec::new();
+    for p in reg.list() {
+        let mut used_by = Vec::new();
+        for (fname, f) in &config.frontends {
+            for (i, r) in f.routes.iter().enumerate() {
+                if r.plugins
+                    .iter()
+                    .any(|u| u.name == p.name && u.version == p.version.to_string())
+                {
+                    let rname = r.name.clone().unwrap_or_else(|| format!("route-{i}"));
+                    used_by.push(format!("{fname}/{rname}"));
+                }
+            }
+        }
+        let loaded_ms = p
+            .loaded_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut phases = Vec::new();
+        if p.phases.contains(crate::plugin::Phases::REQUEST) {
+            phases.push("request");
+        }
+        if p.phases.contains(crate::plugin::Phases::RESPONSE) {
+            phases.push("response");
+        }
+        plugins.push(serde_json::json!({
+            "name": p.name,
+            "version": p.version.to_string(),
+            "file": p.file.display().to_string(),
+            "sha256": p.sha256,
+            "phases": phases,
+            "used_by": used_by,
+            "loaded_at_unix_ms": loaded_ms,
+            "load_ms": p.load_time.as_secs_f64() * 1000.0,
+            "from_cache": p.from_cache,
+            "calls": p.calls.load(std::sync::atomic::Ordering::Relaxed),
+            "errors": p.errors.load(std::sync::atomic::Ordering::Relaxed),
+        }));
+    }
+    let rejected: Vec<_> = reg
+        .failures()
+        .into_iter()
+        .map(|(f, e)| serde_json::json!({ "file": f.display().to_string(), "error": e }))
+        .collect();
+    serde_json::json!({ "plugins": plugins, "rejected": rejected })
+}
+
+/// Plugin counters, in the same exposition (before OpenMetrics' `# EOF`).
+fn plugin_metrics(text: &mut String, reg: &crate::plugin::Registry) {
+    use std::fmt::Write;
+    let mut extra = String::new();
+    let _ = writeln!(
+        extra,
+        "# HELP transom_plugin_calls Calls into a plugin version."
+    );
+    let _ = writeln!(extra, "# TYPE transom_plugin_calls counter");
+    for p in reg.list() {
+        let _ = writeln!(
+            extra,
+            "transom_plugin_calls_total{{plugin=\"{}\",version=\"{}\"}} {}",
+            p.name,
+            p.version,
+            p.calls.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        extra,
+        "# HELP transom_plugin_errors Failed calls (traps, deadlines, errors)."
+    );
+    let _ = writeln!(extra, "# TYPE transom_plugin_errors counter");
+    for p in reg.list() {
+        let _ = writeln!(
+            extra,
+            "transom_plugin_errors_total{{plugin=\"{}\",version=\"{}\"}} {}",
+            p.name,
+            p.version,
+            p.errors.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        extra,
+        "# HELP transom_plugin_rejected_files Plugin files that failed to load."
+    );
+    let _ = writeln!(extra, "# TYPE transom_plugin_rejected_files gauge");
+    let _ = writeln!(
+        extra,
+        "transom_plugin_rejected_files {}",
+        reg.failures().len()
+    );
+    match text.rfind("# EOF") {
+        Some(at) => text.insert_str(at, &extra),
+        None => text.push_str(&extra),
+    }
 }

@@ -29,6 +29,9 @@ pub enum ProxyError {
     /// The upstream did not answer in time.
     #[error("{0}")]
     Timeout(String),
+    /// A plugin failed (trap, deadline, memory limit, error).
+    #[error("{0}")]
+    Plugin(#[from] crate::plugin::PluginError),
 }
 
 impl ProxyError {
@@ -42,6 +45,8 @@ impl ProxyError {
             ProxyError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Plugin(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Plugin(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

@@ -61,6 +61,7 @@ impl FrontendRuntime {
         upstreams: &BTreeMap<String, Arc<Upstream>>,
         metrics: &Metrics,
         access_log: bool,
+        chains: Vec<crate::filter::Chain>,
     ) -> Result<FrontendRuntime, crate::tls::TlsError> {
         let tls = match &config.tls {
             Some(t) => Some(TlsAcceptor::from(crate::tls::server_config(
@@ -74,7 +75,7 @@ impl FrontendRuntime {
         Ok(FrontendRuntime {
             name: name.into(),
             config: config.clone(),
-            router: Router::new(name, config, upstreams, metrics),
+            router: Router::new(name, config, upstreams, metrics, chains),
             limits: config.limits.clone(),
             tls,
             unmatched: metrics.route_counters(name, "none"),
@@ -270,11 +271,7 @@ async fn serve_http<IO>(
         builder
     };
 
-    let conn = Arc::new(ConnInfo {
-        remote,
-        tls,
-        tunnels: std::sync::Mutex::new(Vec::new()),
-    });
+    let conn = Arc::new(ConnInfo::new(remote, tls));
     let activity = Arc::new(Activity::default());
     let service = {
         let activity = activity.clone();

@@ -13,9 +13,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::Mutex;
 
-use crate::config::{Config, ConfigErrors};
+use crate::config::{Config, ConfigErrors, PluginsConfig};
+use crate::filter::Chain;
 use crate::frontend::{FrontendRuntime, Listener};
 use crate::metrics::Metrics;
+use crate::plugin::{Binding, PluginEngine, Registry};
 use crate::upstream::Upstream;
 
 /// Why a config could not be applied.
@@ -27,6 +29,12 @@ pub enum ApplyError {
     /// A TLS file could not be used.
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// A route pins a plugin version that is not loaded.
+    #[error("{0}")]
+    Plugin(String),
+    /// The plugin engine could not start.
+    #[error("{0}")]
+    PluginEngine(#[from] crate::plugin::PluginError),
     /// A listener could not be bound.
     #[error("frontend {frontend:?}: cannot listen on {addr}: {source}")]
     Bind {
@@ -57,6 +65,8 @@ struct State {
     /// Listeners by frontend name, with the address they were configured with.
     listeners: BTreeMap<String, (SocketAddr, Listener)>,
     upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// The plugin registry, with the settings it was built for.
+    plugins: Option<(PluginsConfig, Arc<Registry>)>,
 }
 
 /// A running gateway: every frontend's listener plus the admin listener.
@@ -84,6 +94,7 @@ impl Gateway {
             state: Mutex::new(State {
                 listeners: BTreeMap::new(),
                 upstreams: BTreeMap::new(),
+                plugins: None,
             }),
             config: ArcSwap::from_pointee(config.clone()),
             ready: AtomicBool::new(false),
@@ -180,11 +191,31 @@ impl Gateway {
             upstreams.insert(name.clone(), up);
         }
 
+        // load plugins (compiled off the request path) and bind them to routes
+        let registry = match &config.plugins {
+            None => None,
+            Some(pc) => {
+                let registry = match &state.plugins {
+                    Some((old, reg)) if old == pc => reg.clone(),
+                    _ => Arc::new(Registry::new(PluginEngine::new(pc)?, pc)),
+                };
+                registry.sync().await;
+                Some(registry)
+            }
+        };
+
         // build frontend runtimes
         let mut runtimes = Vec::new();
         for (name, fc) in &config.frontends {
-            let rt =
-                FrontendRuntime::new(name, fc, &upstreams, &self.metrics, self.options.access_log)?;
+            let chains = bind_plugins(name, fc, registry.as_deref())?;
+            let rt = FrontendRuntime::new(
+                name,
+                fc,
+                &upstreams,
+                &self.metrics,
+                self.options.access_log,
+                chains,
+            )?;
             runtimes.push((name.clone(), fc.listen, rt));
         }
 
@@ -254,8 +285,43 @@ impl Gateway {
         }
         state.listeners = next;
         state.upstreams = upstreams;
+        state.plugins = match (config.plugins.clone(), registry) {
+            (Some(pc), Some(reg)) => Some((pc, reg)),
+            _ => None,
+        };
         self.config.store(Arc::new(config));
         Ok(())
+    }
+
+    /// The plugin registry, when plugins are configured.
+    pub async fn plugins(&self) -> Option<Arc<Registry>> {
+        self.state
+            .lock()
+            .await
+            .plugins
+            .as_ref()
+            .map(|(_, r)| r.clone())
+    }
+
+    /// Re-scan the plugin directory and, when the set of plugins changed,
+    /// rebuild the routes with the current config. Files that fail to load
+    /// are reported and the versions that were serving keep serving.
+    pub async fn reload_plugins(&self) -> Result<bool, ApplyError> {
+        let Some(registry) = self.plugins().await else {
+            return Ok(false);
+        };
+        let report = registry.sync().await;
+        if !report.changed() {
+            return Ok(false);
+        }
+        let config = (*self.config.load_full()).clone();
+        let result = self.apply(config).await;
+        if let Err(e) = &result {
+            tracing::error!(
+                "plugins changed but the routes could not be rebuilt; the previous ones keep serving:\n{e}"
+            );
+        }
+        result.map(|()| true)
     }
 
     /// Stop accepting everywhere, let in-flight requests finish within the
@@ -270,4 +336,41 @@ impl Gateway {
             task.abort();
         }
     }
+}
+
+/// The plugin chain of every route of a frontend, bound to loaded versions.
+fn bind_plugins(
+    frontend: &str,
+    fc: &crate::config::FrontendConfig,
+    registry: Option<&Registry>,
+) -> Result<Vec<Chain>, ApplyError> {
+    let mut chains = Vec::with_capacity(fc.routes.len());
+    for (i, route) in fc.routes.iter().enumerate() {
+        let mut bindings = Vec::with_capacity(route.plugins.len());
+        for p in &route.plugins {
+            let Some(reg) = registry else {
+                return Err(ApplyError::Plugin(
+                    "routes use plugins but [plugins] is not set".into(),
+                ));
+            };
+            let Some(loaded) = reg.get(&p.name, &p.version) else {
+                let file = reg.dir().join(format!("{}@{}.wasm", p.name, p.version));
+                let why = reg
+                    .failures()
+                    .into_iter()
+                    .find(|(f, _)| *f == file)
+                    .map(|(_, e)| e)
+                    .unwrap_or_else(|| "it is not in the plugin directory".into());
+                return Err(ApplyError::Plugin(format!(
+                    "frontends.{frontend}.routes[{i}] pins {}@{}, which is not loaded: {why}",
+                    p.name, p.version
+                )));
+            };
+            bindings.push(Arc::new(Binding::new(reg.engine().clone(), loaded, p)));
+        }
+        chains.push(Chain {
+            plugins: bindings.into(),
+        });
+    }
+    Ok(chains)
 }

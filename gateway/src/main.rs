@@ -53,6 +53,18 @@ enum Command {
     },
     /// Start the demo services and serve the demo config.
     Demo(DemoArgs),
+    /// Work with plugin files.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Say whether a file is a valid Transom plugin, and what it exports.
+    Check {
+        /// The `.wasm` file.
+        file: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -76,6 +88,7 @@ fn main() -> ExitCode {
                     .and_then(|rt| rt.block_on(serve(args.config, !args.no_access_log, false))),
             )
         }
+        Command::Plugin(PluginCommand::Check { file }) => plugin_check(&file),
         Command::Demo(args) => {
             init_tracing(args.log_format);
             exit(runtime(None).and_then(|rt| rt.block_on(serve(args.config, true, true))))
@@ -117,6 +130,54 @@ fn check(path: &Path) -> ExitCode {
                 errors.0.len(),
                 if errors.0.len() == 1 { "" } else { "s" }
             );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn plugin_check(file: &Path) -> ExitCode {
+    let result = runtime(Some(1)).and_then(|rt| {
+        rt.block_on(async {
+            let dir = std::env::temp_dir();
+            let cfg = transom::config::PluginsConfig {
+                dir,
+                cache: None,
+                max_instances: 4,
+                max_memory: transom::config::ByteSize::mib(64),
+            };
+            let engine = transom::plugin::PluginEngine::new(&cfg)?;
+            Ok::<_, anyhow::Error>(transom::plugin::check_file(&engine, file).await?)
+        })
+    });
+    match result {
+        Ok(r) => {
+            let mut phases = Vec::new();
+            if r.phases.contains(transom::plugin::Phases::REQUEST) {
+                phases.push("request");
+            }
+            if r.phases.contains(transom::plugin::Phases::RESPONSE) {
+                phases.push("response");
+            }
+            println!("{}: valid Transom plugin", file.display());
+            match &r.id {
+                Some(id) => println!("  name:    {id}"),
+                None => println!("  name:    (rename it NAME@VERSION.wasm to deploy it)"),
+            }
+            println!("  exports: {}", r.exports.join(", "));
+            println!(
+                "  phases:  {}",
+                if phases.is_empty() {
+                    "none".to_string()
+                } else {
+                    phases.join(", ")
+                }
+            );
+            println!("  imports: {}", r.imports.join(", "));
+            println!("  checked in {:.0} ms", r.load_time.as_secs_f64() * 1000.0);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: not a valid Transom plugin: {e:#}", file.display());
             ExitCode::FAILURE
         }
     }

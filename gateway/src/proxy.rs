@@ -20,8 +20,6 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::histogram::Histogram;
 
 use crate::body::{Body, BoxError, boxed};
 use crate::compress;
@@ -47,9 +45,26 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// The client's IP as an `x-forwarded-for` element, formatted once per
+    /// connection rather than per request.
+    pub client_ip: HeaderValue,
     /// Upgraded tunnels, handed to the connection task so they count against
     /// its limits and close with it.
     pub tunnels: std::sync::Mutex<Vec<Tunnel>>,
+}
+
+impl ConnInfo {
+    /// What a connection from `remote` knows.
+    pub fn new(remote: SocketAddr, tls: bool) -> ConnInfo {
+        let client_ip = HeaderValue::try_from(remote.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ConnInfo {
+            remote,
+            tls,
+            client_ip,
+            tunnels: std::sync::Mutex::new(Vec::new()),
+        }
+    }
 }
 
 /// Handle one request on a frontend. Never fails: every problem becomes a
@@ -66,23 +81,18 @@ pub async fn handle(
         Some(v) if !v.is_empty() && v.len() <= 128 => v.clone(),
         _ => new_request_id(),
     };
-    let mut log = AccessLog {
-        frontend: rt.name.clone(),
-        route: None,
-        upstream: None,
-        endpoint: None,
-        method: req.method().clone(),
-        path: req.uri().path().to_string(),
-        status: 0,
-        start,
-        request_id: request_id.clone(),
-        bytes_in: None,
-        counters: rt.unmatched.clone(),
-        latency: rt.latency.clone(),
-        access_log: rt.access_log,
+    let method = req.method().clone();
+    // The path is only copied when the access-log line will be written.
+    let access_log =
+        rt.access_log && tracing::enabled!(target: "transom::access", tracing::Level::INFO);
+    let path = if access_log {
+        req.uri().path().to_string()
+    } else {
+        String::new()
     };
 
-    let response = match forward(&rt, &conn, req, &request_id, &mut log).await {
+    let mut trace = Trace::default();
+    let response = match forward(&rt, &conn, req, &request_id, &mut trace).await {
         Ok(resp) => resp,
         Err(e) => {
             if e.status().is_server_error() {
@@ -91,7 +101,16 @@ pub async fn handle(
             e.into_response(&request_id)
         }
     };
-    log.status = response.status().as_u16();
+    let log = AccessLog {
+        rt,
+        trace,
+        method,
+        path,
+        status: response.status().as_u16(),
+        start,
+        request_id,
+        access_log,
+    };
     let (parts, body) = response.into_parts();
     Ok(Response::from_parts(
         parts,
@@ -108,16 +127,24 @@ async fn forward(
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     request_id: &HeaderValue,
-    log: &mut AccessLog,
+    log: &mut Trace,
 ) -> Result<Response<Body>, ProxyError> {
     // route
-    let host_header = req
+    // A clone of the header value shares its bytes: no copy.
+    let host_header: Option<HeaderValue> = req
         .headers()
         .get(header::HOST)
+        .filter(|h| h.to_str().is_ok())
+        .cloned()
+        .or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+    let host = host_header
+        .as_ref()
         .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()));
-    let host = host_header.as_deref().map(strip_port);
+        .map(strip_port);
     let route = match rt
         .router
         .find(req.method(), host, req.uri().path(), req.headers())
@@ -126,8 +153,7 @@ async fn forward(
         RouteMatch::MethodNotAllowed(m) => return Err(ProxyError::MethodNotAllowed(m)),
         RouteMatch::NotFound => return Err(ProxyError::NoRoute),
     };
-    log.route = Some(route.name.clone());
-    log.counters = route.counters.clone();
+    log.route = Some(route.index);
 
     // admit
     let max_body = rt.limits.max_request_body.bytes();
@@ -139,6 +165,28 @@ async fn forward(
             .ok_or_else(|| ProxyError::BadRequest("invalid content-length".into()))?;
         if len > max_body {
             return Err(ProxyError::BodyTooLarge(max_body));
+        }
+    }
+
+    // plugins: request phase
+    let mut plugin_body = None;
+    let mut held = crate::filter::Instances::default();
+    if !route.chain.is_empty() {
+        let phase = route
+            .chain
+            .on_request(route.name.clone(), conn.remote.ip(), req, max_body);
+        let (back, outcome) = phase.await?;
+        req = back;
+        match outcome {
+            crate::filter::RequestOutcome::Respond(mut resp) => {
+                resp.headers_mut()
+                    .insert(X_REQUEST_ID.clone(), request_id.clone());
+                return Ok(resp);
+            }
+            crate::filter::RequestOutcome::Forward(body, kept) => {
+                plugin_body = body;
+                held = kept;
+            }
         }
     }
 
@@ -154,13 +202,18 @@ async fn forward(
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let path = route.forward_path(req.uri().path());
-    let pq = match req.uri().query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_string(),
+    let path_and_query = match req.uri().path_and_query() {
+        // Unchanged path: share the parsed one.
+        Some(pq) if path.len() == pq.path().len() => pq.clone(),
+        _ => {
+            let pq = match req.uri().query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_string(),
+            };
+            pq.parse()
+                .map_err(|_| ProxyError::BadRequest("invalid path".into()))?
+        }
     };
-    let path_and_query = pq
-        .parse()
-        .map_err(|_| ProxyError::BadRequest("invalid path".into()))?;
 
     let mut headers = std::mem::take(req.headers_mut());
     let upgrade_proto = if upgrade {
@@ -174,26 +227,26 @@ async fn forward(
         headers.insert(header::UPGRADE, proto);
     }
     headers.remove(header::EXPECT);
-    if !headers.contains_key(header::HOST)
-        && let Some(h) = host_header
-            .as_deref()
-            .and_then(|h| HeaderValue::from_str(h).ok())
-    {
-        headers.insert(header::HOST, h);
-    }
-    if let Some(h) = host_header
-        .as_deref()
-        .and_then(|h| HeaderValue::from_str(h).ok())
-    {
+    if let Some(h) = host_header {
+        if !headers.contains_key(header::HOST) {
+            headers.insert(header::HOST, h.clone());
+        }
         headers.insert(X_FORWARDED_HOST.clone(), h);
     }
-    let client_ip = conn.remote.ip().to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {client_ip}"),
-        None => client_ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+    match headers.entry(&X_FORWARDED_FOR) {
+        header::Entry::Occupied(mut prev) => {
+            if let Ok(p) = prev.get().to_str() {
+                let xff = format!("{p}, {}", conn.client_ip.to_str().unwrap_or_default());
+                if let Ok(v) = HeaderValue::try_from(xff) {
+                    prev.insert(v);
+                }
+            } else {
+                prev.insert(conn.client_ip.clone());
+            }
+        }
+        header::Entry::Vacant(slot) => {
+            slot.insert(conn.client_ip.clone());
+        }
     }
     headers.insert(
         X_FORWARDED_PROTO.clone(),
@@ -202,7 +255,9 @@ async fn forward(
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
 
     let (parts, incoming) = req.into_parts();
-    let body = if http_body::Body::is_end_stream(&incoming) {
+    let body = if let Some(bytes) = plugin_body {
+        (!bytes.is_empty()).then(|| crate::body::full(bytes))
+    } else if http_body::Body::is_end_stream(&incoming) {
         None
     } else {
         let counter = Arc::new(AtomicU64::new(0));
@@ -268,6 +323,10 @@ async fn forward(
         .insert(X_REQUEST_ID.clone(), request_id.clone());
     parts.version = Version::HTTP_11;
     let mut resp = Response::from_parts(parts, boxed(body));
+    // plugins: response phase
+    if !route.chain.is_empty() {
+        resp = route.chain.on_response(resp, max_body, held).await?;
+    }
     if let (Some(enc), Some(cfg)) = (encoding, route.compress.as_ref())
         && !is_head
     {
@@ -291,6 +350,11 @@ fn wants_upgrade<B>(req: &Request<B>) -> bool {
 /// Remove hop-by-hop headers (RFC 9110 §7.6.1), including those the
 /// `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none: one scan of the names is cheaper than the
+    // nine hashed removals below.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -301,7 +365,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
+    for name in hop_by_hop() {
+        headers.remove(name);
+    }
+}
+
+fn hop_by_hop() -> [&'static HeaderName; 9] {
+    [
         &header::CONNECTION,
         &KEEP_ALIVE,
         &PROXY_CONNECTION,
@@ -311,9 +381,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         &header::TRAILER,
         &header::TRANSFER_ENCODING,
         &header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
+    ]
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    hop_by_hop().contains(&name)
 }
 
 fn strip_port(host: &str) -> &str {
@@ -324,46 +396,66 @@ fn strip_port(host: &str) -> &str {
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
 
-/// 16 random bytes as hex, like a UUID without dashes.
+/// 16 random bytes as hex, like a UUID without dashes. Written into a stack
+/// buffer: `format!` here showed up in profiles.
 fn new_request_id() -> HeaderValue {
-    let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 32];
+    for (half, bits) in id
+        .chunks_exact_mut(16)
+        .zip([fastrand::u64(..), fastrand::u64(..)])
+    {
+        for (i, c) in half.iter_mut().enumerate() {
+            *c = HEX[((bits >> (60 - 4 * i)) & 0xf) as usize];
+        }
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
-/// What the access log and metrics need once the response body ends.
-struct AccessLog {
-    frontend: Arc<str>,
-    route: Option<Arc<str>>,
+/// What forwarding learnt about a request, for the access log.
+#[derive(Default)]
+struct Trace {
+    /// Index of the matched route in the frontend's router.
+    route: Option<usize>,
     upstream: Option<Arc<crate::upstream::Upstream>>,
     endpoint: Option<Arc<str>>,
+    bytes_in: Option<Arc<AtomicU64>>,
+}
+
+/// What the access log and metrics need once the response body ends. The
+/// frontend runtime is kept whole: its counters, histogram and route names
+/// are read from it at the end instead of being cloned per request.
+struct AccessLog {
+    rt: Arc<FrontendRuntime>,
+    trace: Trace,
     method: http::Method,
     path: String,
     status: u16,
     start: Instant,
     request_id: HeaderValue,
-    bytes_in: Option<Arc<AtomicU64>>,
-    counters: [Counter; 5],
-    latency: Histogram,
     access_log: bool,
 }
 
 impl AccessLog {
     fn finish(&self, bytes_out: u64) {
+        let route = self.trace.route.and_then(|i| self.rt.router.route(i));
+        let counters = route.map_or(&self.rt.unmatched, |r| &r.counters);
         let class = usize::from((self.status / 100).clamp(1, 5)) - 1;
-        self.counters[class].inc();
+        counters[class].inc();
         let elapsed = self.start.elapsed();
-        self.latency.observe(elapsed.as_secs_f64());
+        self.rt.latency.observe(elapsed.as_secs_f64());
         if self.access_log {
+            let trace = &self.trace;
             tracing::info!(
                 target: "transom::access",
-                frontend = %self.frontend,
-                route = %self.route.as_deref().unwrap_or("-"),
-                upstream = %self.upstream.as_ref().map_or("-", |u| u.name.as_str()),
-                endpoint = %self.endpoint.as_deref().unwrap_or("-"),
+                frontend = %self.rt.name,
+                route = %route.map_or("-", |r| &*r.name),
+                upstream = %trace.upstream.as_ref().map_or("-", |u| u.name.as_str()),
+                endpoint = %trace.endpoint.as_deref().unwrap_or("-"),
                 method = %self.method,
                 path = %self.path,
                 status = self.status,
-                bytes_in = self.bytes_in.as_ref().map_or(0, |c| c.load(Ordering::Relaxed)),
+                bytes_in = trace.bytes_in.as_ref().map_or(0, |c| c.load(Ordering::Relaxed)),
                 bytes_out,
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 request_id = %self.request_id.to_str().unwrap_or("-"),

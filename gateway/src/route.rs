@@ -15,6 +15,8 @@ use crate::upstream::Upstream;
 
 /// A route ready to serve.
 pub struct Route {
+    /// Position in its router, for [`Router::route`].
+    pub index: usize,
     /// Name in logs and metrics.
     pub name: Arc<str>,
     matcher: Matcher,
@@ -28,6 +30,8 @@ pub struct Route {
     pub compress: Option<CompressConfig>,
     /// Request counters by status class.
     pub counters: [Counter; 5],
+    /// The route's plugins.
+    pub chain: crate::filter::Chain,
 }
 
 struct Matcher {
@@ -66,9 +70,11 @@ impl Router {
         frontend: &FrontendConfig,
         upstreams: &BTreeMap<String, Arc<Upstream>>,
         metrics: &Metrics,
+        mut chains: Vec<crate::filter::Chain>,
     ) -> Router {
         let mut routes = Vec::new();
-        for (i, rc) in frontend.routes.iter().enumerate() {
+        chains.resize_with(frontend.routes.len(), Default::default);
+        for ((i, rc), chain) in frontend.routes.iter().enumerate().zip(chains) {
             let name = rc.name.clone().unwrap_or_else(|| format!("route-{i}"));
             let target = match (&rc.upstream, &rc.split) {
                 (Some(u), _) => match upstreams.get(u) {
@@ -122,6 +128,7 @@ impl Router {
                 Some(CompressSetting::Settings(c)) => Some(c.clone()),
             };
             routes.push(Route {
+                index: routes.len(),
                 counters: metrics.route_counters(frontend_name, &name),
                 name: name.into(),
                 matcher,
@@ -130,6 +137,7 @@ impl Router {
                 canary,
                 timeout: rc.timeout.map(|t| t.get()),
                 compress,
+                chain,
             });
         }
         Router { routes }
@@ -183,6 +191,11 @@ impl Router {
         } else {
             RouteMatch::MethodNotAllowed(allowed)
         }
+    }
+
+    /// The route at `index` (see [`Route::index`]).
+    pub fn route(&self, index: usize) -> Option<&Route> {
+        self.routes.get(index)
     }
 
     /// Number of routes.

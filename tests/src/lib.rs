@@ -522,3 +522,22 @@ pub fn rss_bytes() -> u64 {
         .map(|kb| kb * 1024)
         .unwrap_or(0)
 }
+
+/// The compiled plugin `stem` (e.g. `add_header`, `fixture_kit`) built from
+/// `plugins/` by this package's build script.
+pub fn plugin_wasm(stem: &str) -> PathBuf {
+    let p = Path::new(env!("TRANSOM_TEST_PLUGINS")).join(format!("{stem}.wasm"));
+    assert!(p.exists(), "{} was not built", p.display());
+    p
+}
+
+/// Copy the compiled plugin `stem` into `dir` as `NAME@VERSION.wasm`
+/// (written under a temporary name and renamed, as a deploy would).
+pub fn install_plugin(dir: &Path, stem: &str, id: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let to = dir.join(format!("{id}.wasm"));
+    let tmp = dir.join(format!(".{id}.partial"));
+    std::fs::copy(plugin_wasm(stem), &tmp).unwrap();
+    std::fs::rename(&tmp, &to).unwrap();
+    to
+}

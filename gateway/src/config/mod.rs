@@ -30,6 +30,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// `[server]`, with defaults.
     pub server: ServerConfig,
+    /// `[plugins]`, if any file set it (paths resolved).
+    pub plugins: Option<PluginsConfig>,
     /// All upstreams by name.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// All frontends by name.
@@ -118,7 +120,8 @@ impl Config {
         self.watch_dirs.clone()
     }
 
-    /// The effective config as JSON, with secrets replaced by `"<redacted>"`.
+    /// The effective config as JSON, with secrets replaced by `"<redacted>"`:
+    /// TLS keys, and plugin settings whose names suggest a secret.
     pub fn redacted_json(&self) -> serde_json::Value {
         let mut frontends = serde_json::Map::new();
         for (name, f) in &self.frontends {
@@ -126,12 +129,24 @@ impl Config {
             if let Some(tls) = v.get_mut("tls").and_then(|t| t.as_object_mut()) {
                 tls.insert("key".into(), "<redacted>".into());
             }
+            if let Some(routes) = v.get_mut("routes").and_then(|r| r.as_array_mut()) {
+                for route in routes {
+                    if let Some(plugins) = route.get_mut("plugins").and_then(|p| p.as_array_mut()) {
+                        for p in plugins {
+                            if let Some(c) = p.get_mut("config") {
+                                redact_secrets(c);
+                            }
+                        }
+                    }
+                }
+            }
             frontends.insert(name.clone(), v);
         }
         serde_json::json!({
             "files": self.files.iter().map(|f| f.path.display().to_string()).collect::<Vec<_>>(),
             "admin": self.admin,
             "server": self.server,
+            "plugins": self.plugins,
             "upstreams": self.upstreams,
             "frontends": frontends,
         })
@@ -144,6 +159,7 @@ struct Origins {
     upstreams: BTreeMap<String, usize>,
     frontends: BTreeMap<String, usize>,
     admin: Option<usize>,
+    plugins: Option<usize>,
 }
 
 #[derive(Default)]
@@ -252,6 +268,7 @@ impl Loader {
         let mut origins = Origins::default();
         let mut admin = None;
         let mut server = None;
+        let mut plugins: Option<PluginsConfig> = None;
         let mut upstreams = BTreeMap::new();
         let mut frontends = BTreeMap::new();
         let parsed = std::mem::take(&mut self.parsed);
@@ -277,6 +294,25 @@ impl Loader {
                     );
                 } else {
                     server = Some(s);
+                }
+            }
+            if let Some(mut p) = file.plugins {
+                if plugins.is_some() {
+                    self.error_at(
+                        i,
+                        &[Seg::key("plugins")],
+                        "[plugins] is set in more than one file",
+                    );
+                } else {
+                    let dir = self.files[i]
+                        .path
+                        .parent()
+                        .map(Path::to_path_buf)
+                        .unwrap_or_default();
+                    p.dir = dir.join(&p.dir);
+                    p.cache = p.cache.map(|c| dir.join(c));
+                    plugins = Some(p);
+                    origins.plugins = Some(i);
                 }
             }
             for (name, u) in file.upstreams {
@@ -314,6 +350,7 @@ impl Loader {
             files: self.files,
             admin,
             server: server.unwrap_or_default(),
+            plugins,
             upstreams,
             frontends,
         };
@@ -350,6 +387,28 @@ fn locate_error(file: &SourceFile, path: &[Seg], message: String) -> ConfigError
         col,
         field: locate::display_path(path),
         message,
+    }
+}
+
+/// Replace values under keys that look like secrets.
+fn redact_secrets(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, val) in map.iter_mut() {
+                let k = k.to_ascii_lowercase();
+                if ["secret", "password", "token", "key", "credential"]
+                    .iter()
+                    .any(|s| k.contains(s))
+                    && !val.is_object()
+                {
+                    *val = "<redacted>".into();
+                } else {
+                    redact_secrets(val);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact_secrets),
+        _ => {}
     }
 }
 

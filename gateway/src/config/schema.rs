@@ -23,6 +23,8 @@ pub struct FileConfig {
     pub admin: Option<AdminConfig>,
     /// Process-wide settings.
     pub server: Option<ServerConfig>,
+    /// Where plugins come from and how many may run at once.
+    pub plugins: Option<PluginsConfig>,
     /// Named upstream clusters.
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
@@ -60,6 +62,90 @@ impl Default for ServerConfig {
             shutdown_grace: Self::default_grace(),
         }
     }
+}
+
+/// `[plugins]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Directory of `NAME@VERSION.wasm` files, watched for changes.
+    pub dir: PathBuf,
+    /// Where precompiled plugins are cached (default: `DIR/.cache`).
+    pub cache: Option<PathBuf>,
+    /// Plugin instances that may exist at once, across all routes.
+    #[serde(default = "PluginsConfig::default_max_instances")]
+    pub max_instances: u32,
+    /// The most memory any one plugin instance may be given.
+    #[serde(default = "PluginsConfig::default_max_memory")]
+    pub max_memory: ByteSize,
+}
+
+impl PluginsConfig {
+    fn default_max_instances() -> u32 {
+        256
+    }
+    fn default_max_memory() -> ByteSize {
+        ByteSize::mib(64)
+    }
+
+    /// The cache directory.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache
+            .clone()
+            .unwrap_or_else(|| self.dir.join(".cache"))
+    }
+}
+
+/// One plugin in a route's chain.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginRef {
+    /// Plugin name (the part of the file name before `@`).
+    pub name: String,
+    /// Exact version (the part after `@`), e.g. `"1.2.0"`.
+    pub version: String,
+    /// Configuration handed to the plugin as JSON.
+    pub config: Option<toml::Table>,
+    /// Give the plugin the request and response bodies (buffered, up to `max_request_body`).
+    #[serde(default)]
+    pub body: bool,
+    /// Wall-clock limit for one call into the plugin (504 when exceeded).
+    #[serde(default = "PluginRef::default_timeout")]
+    pub timeout: Duration,
+    /// Memory limit for one instance (500 when exceeded).
+    #[serde(default = "PluginRef::default_memory")]
+    pub memory: ByteSize,
+    /// `reuse` keeps instances in a pool; `per-request` gives every request a fresh one.
+    #[serde(default)]
+    pub instance: InstanceMode,
+}
+
+impl PluginRef {
+    fn default_timeout() -> Duration {
+        Duration::from_millis(100)
+    }
+    fn default_memory() -> ByteSize {
+        ByteSize::mib(16)
+    }
+
+    /// The plugin's config as a JSON document (`{}` when none).
+    pub fn config_json(&self) -> String {
+        self.config
+            .as_ref()
+            .and_then(|c| serde_json::to_string(c).ok())
+            .unwrap_or_else(|| "{}".to_string())
+    }
+}
+
+/// How plugin instances are managed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceMode {
+    /// Instances are pooled and reused; a trap discards the instance.
+    #[default]
+    Reuse,
+    /// A fresh instance per request: no state can leak between requests.
+    PerRequest,
 }
 
 /// `[upstreams.NAME]`: a cluster of interchangeable endpoints.
@@ -416,6 +502,9 @@ pub struct RouteConfig {
     pub timeout: Option<Duration>,
     /// Compress responses by `Accept-Encoding`: `true` or `{ min_size = "1KiB" }`.
     pub compress: Option<CompressSetting>,
+    /// Plugin chain: request phase in this order, response phase in reverse.
+    #[serde(default)]
+    pub plugins: Vec<PluginRef>,
 }
 
 /// `match = { ... }`

@@ -38,6 +38,24 @@ pub(super) fn validate(config: &mut Config, origins: &Origins) -> Vec<Problem> {
         .map(|f| f.path.parent().map(Path::to_path_buf).unwrap_or_default())
         .collect();
     let upstream_names: BTreeSet<String> = config.upstreams.keys().cloned().collect();
+    let plugins = config.plugins.clone();
+    if let Some(p) = &plugins {
+        let file = origins.plugins.unwrap_or(0);
+        if !p.dir.is_dir() {
+            problems.push((
+                file,
+                vec![k("plugins"), k("dir")],
+                format!("{} is not a directory", p.dir.display()),
+            ));
+        }
+        if p.max_instances == 0 {
+            problems.push((
+                file,
+                vec![k("plugins"), k("max_instances")],
+                "must be at least 1".into(),
+            ));
+        }
+    }
 
     for (name, up) in config.upstreams.iter_mut() {
         let file = origins.upstreams.get(name).copied().unwrap_or(0);
@@ -275,6 +293,57 @@ pub(super) fn validate(config: &mut Config, origins: &Origins) -> Vec<Problem> {
                 && t.get().is_zero()
             {
                 cx.err(&r(&[k("timeout")]), "must be greater than zero");
+            }
+            for (j, p) in route.plugins.iter().enumerate() {
+                let at = |field: &str| r(&[k("plugins"), Seg::Index(j), k(field)]);
+                let Some(pc) = &plugins else {
+                    cx.err(
+                        &r(&[k("plugins"), Seg::Index(j)]),
+                        "routes use plugins, but no [plugins] section says where they are",
+                    );
+                    break;
+                };
+                if !crate::plugin::valid_name(&p.name) {
+                    cx.err(
+                        &at("name"),
+                        format!(
+                            "{:?} is not a plugin name (lower-case letters, digits and '-')",
+                            p.name
+                        ),
+                    );
+                    continue;
+                }
+                if semver::Version::parse(&p.version).is_err() {
+                    cx.err(
+                        &at("version"),
+                        format!("{:?} is not an exact version like \"1.2.0\"", p.version),
+                    );
+                    continue;
+                }
+                let file = pc.dir.join(format!("{}@{}.wasm", p.name, p.version));
+                if !file.is_file() {
+                    cx.err(
+                        &at("version"),
+                        format!(
+                            "plugin {}@{} is not in {}",
+                            p.name,
+                            p.version,
+                            pc.dir.display()
+                        ),
+                    );
+                }
+                if p.timeout.get().is_zero() {
+                    cx.err(&at("timeout"), "must be greater than zero");
+                }
+                if p.memory.bytes() < 1 << 20 || p.memory > pc.max_memory {
+                    cx.err(
+                        &at("memory"),
+                        format!(
+                            "must be between 1MiB and [plugins] max_memory ({})",
+                            pc.max_memory
+                        ),
+                    );
+                }
             }
             if let Some(super::CompressSetting::Settings(c)) = &route.compress
                 && c.algorithms.is_empty()

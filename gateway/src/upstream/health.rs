@@ -4,10 +4,7 @@
 use std::sync::Weak;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use http::{Method, Request};
-
 use super::Upstream;
-use crate::body::empty;
 use crate::config::HealthCheck;
 
 pub(super) fn spawn(upstream: Weak<Upstream>, hc: HealthCheck) {
@@ -28,20 +25,9 @@ pub(super) fn spawn(upstream: Weak<Upstream>, hc: HealthCheck) {
                     .collect();
             }
             let probes = up.endpoints.iter().map(|ep| {
-                let req = Request::builder()
-                    .method(Method::GET)
-                    .uri(up.uri(ep, &path))
-                    .header(http::header::USER_AGENT, "transom-health")
-                    .body(empty());
-                let client = up.client.clone();
                 let timeout = hc.timeout.get();
-                async move {
-                    let Ok(req) = req else { return false };
-                    match tokio::time::timeout(timeout, client.request(req)).await {
-                        Ok(Ok(resp)) => resp.status().is_success(),
-                        _ => false,
-                    }
-                }
+                let probe = up.probe(ep, &path);
+                async move { tokio::time::timeout(timeout, probe).await.unwrap_or(false) }
             });
             let results = futures_util::future::join_all(probes).await;
             for (i, ok) in results.into_iter().enumerate() {

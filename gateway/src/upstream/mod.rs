@@ -5,27 +5,25 @@
 mod balance;
 mod breaker;
 mod health;
+mod pool;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::body::{Body, empty};
-use crate::config::{Protocol, RetryOn, UpstreamConfig};
+use crate::config::{RetryOn, UpstreamConfig};
 use crate::metrics::{EndpointLabels, Metrics};
 
 pub use balance::Balancer;
 use breaker::Breaker;
+pub use pool::PooledBody;
+use pool::{Connector, Pool, Release, Sender};
 
 /// Why a request could not be served by an upstream.
 #[derive(Debug, thiserror::Error)]
@@ -57,13 +55,15 @@ pub enum UpstreamError {
     RequestBody(String),
 }
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
-
 /// One `host:port` of an upstream.
 pub struct Endpoint {
     /// `host:port` as configured.
     pub address: Arc<str>,
     authority: Authority,
+    /// `Host` sent over HTTP/1 when the request has none (the port only when
+    /// it is not the scheme's default).
+    host_header: HeaderValue,
+    pool: Arc<Pool>,
     weight: u32,
     /// Active health verdict (true when health checks are off).
     healthy: AtomicBool,
@@ -113,7 +113,7 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     endpoints: Vec<Endpoint>,
     balancer: Balancer,
-    client: HttpClient,
+    connector: Connector,
     scheme: Scheme,
 }
 
@@ -132,7 +132,7 @@ pub struct Outbound {
 /// A response and the endpoint that produced it.
 pub struct Answer {
     /// The upstream's response.
-    pub response: Response<Incoming>,
+    pub response: Response<PooledBody>,
     /// `host:port` of the endpoint.
     pub endpoint: Arc<str>,
 }
@@ -144,47 +144,18 @@ impl Upstream {
         config: &UpstreamConfig,
         metrics: &Metrics,
     ) -> Result<Arc<Upstream>, crate::tls::TlsError> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(config.connect_timeout.get()));
-        http.set_nodelay(true);
         let (tls, scheme) = match &config.tls {
-            Some(t) => (crate::tls::client_config(&t.ca)?, Scheme::HTTPS),
-            None => (
-                rustls::ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::aws_lc_rs::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth(),
-                Scheme::HTTP,
-            ),
+            Some(t) => (Some(crate::tls::client_config(&t.ca)?), Scheme::HTTPS),
+            None => (None, Scheme::HTTP),
         };
-        let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http();
-        let builder = match config.tls.as_ref().and_then(|t| t.server_name.clone()) {
-            Some(name) => match rustls::pki_types::ServerName::try_from(name) {
-                Ok(sn) => builder
-                    .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(sn)),
-                Err(_) => builder,
-            },
-            None => builder,
-        };
-        let connector = match config.protocol {
-            Protocol::Http1 => builder.enable_http1().wrap_connector(http),
-            Protocol::Http2 => builder.enable_http2().wrap_connector(http),
-        };
-        let mut client = Client::builder(TokioExecutor::new());
-        client
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool.idle_timeout.get())
-            .pool_max_idle_per_host(config.pool.max_idle_per_endpoint);
-        if config.protocol == Protocol::Http2 {
-            client.http2_only(true);
-        }
-        let client = client.build(connector);
+        // An invalid configured name falls back to the endpoint's host.
+        let server_name = config
+            .tls
+            .as_ref()
+            .and_then(|t| t.server_name.clone())
+            .and_then(|n| rustls::pki_types::ServerName::try_from(n).ok());
+        let connector = Connector::new(config, tls, server_name);
+        let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
 
         let endpoints = config
             .endpoints
@@ -192,6 +163,11 @@ impl Upstream {
             .filter_map(|spec| {
                 // Validated on load; an address that fails here is skipped.
                 let authority: Authority = spec.address().parse().ok()?;
+                let host_header = match authority.port_u16() {
+                    Some(p) if p != default_port => HeaderValue::from_str(authority.as_str()),
+                    _ => HeaderValue::from_str(authority.host()),
+                }
+                .ok()?;
                 let labels = EndpointLabels {
                     upstream: name.to_string(),
                     endpoint: spec.address().to_string(),
@@ -201,6 +177,8 @@ impl Upstream {
                 Some(Endpoint {
                     address: spec.address().into(),
                     authority,
+                    host_header,
+                    pool: Arc::default(),
                     weight: spec.weight(),
                     healthy: AtomicBool::new(true),
                     inflight: AtomicUsize::new(0),
@@ -216,12 +194,13 @@ impl Upstream {
             config: config.clone(),
             balancer: Balancer::new(config.balance, &weights),
             endpoints,
-            client,
+            connector,
             scheme,
         });
         if let Some(hc) = &config.health {
             health::spawn(Arc::downgrade(&upstream), hc.clone());
         }
+        spawn_reaper(Arc::downgrade(&upstream));
         Ok(upstream)
     }
 
@@ -258,6 +237,14 @@ impl Upstream {
         } else {
             1
         };
+        // A connect failure leaves the request unsent, in our hands; only the
+        // other retry kinds need a copy kept before it is handed over.
+        let retry_after_send = self
+            .config
+            .retries
+            .on
+            .iter()
+            .any(|k| *k != RetryOn::ConnectFailure);
         let Outbound {
             method,
             path_and_query,
@@ -267,7 +254,11 @@ impl Upstream {
         let mut tried: [usize; 4] = [usize::MAX; 4];
         let mut last_err = None;
         for attempt in 0..max_attempts {
-            let now = Instant::now();
+            let now = if attempt == 0 {
+                started
+            } else {
+                Instant::now()
+            };
             let Some(idx) = self
                 .balancer
                 .pick(&self.endpoints, &tried[..attempt.min(4)], now)
@@ -280,20 +271,17 @@ impl Upstream {
                 tried[attempt] = idx;
             }
             let ep = &self.endpoints[idx];
-            let mut req = Request::new(body.take().unwrap_or_else(empty));
-            *req.method_mut() = method.clone();
-            *req.uri_mut() = self.uri(ep, &path_and_query);
-            *req.version_mut() = Version::HTTP_11;
-            *req.headers_mut() = if attempt + 1 < max_attempts {
-                headers.clone()
-            } else {
-                // Last attempt: no copy needed.
-                std::mem::take(&mut headers)
+            let last = attempt + 1 == max_attempts;
+            let message = Message {
+                method: &method,
+                path_and_query: &path_and_query,
+                headers: &mut headers,
+                body: &mut body,
+                keep_copy: !last && retry_after_send,
             };
             let _inflight = InFlight::new(ep);
             let remaining = deadline.saturating_duration_since(now);
-            let result = tokio::time::timeout(remaining, self.client.request(req)).await;
-            let last = attempt + 1 == max_attempts;
+            let result = tokio::time::timeout(remaining, self.exchange(ep, now, message)).await;
             match result {
                 Err(_) => {
                     self.failure(ep);
@@ -320,29 +308,28 @@ impl Upstream {
                         endpoint: ep.address.clone(),
                     });
                 }
-                Ok(Err(e)) => {
+                Ok(Err(ExchangeError::Connect(e))) => {
+                    self.failure(ep);
+                    let err = UpstreamError::Connect {
+                        endpoint: ep.address.to_string(),
+                        reason: error_chain(&e),
+                    };
+                    if last || !self.config.retries.on.contains(&RetryOn::ConnectFailure) {
+                        return Err(err);
+                    }
+                    tracing::debug!(upstream = %self.name, endpoint = %ep.address, error = %err, "retrying");
+                    last_err = Some(err);
+                }
+                Ok(Err(ExchangeError::Send(e))) => {
                     if let Some(body_err) = body_error(&e) {
                         return Err(UpstreamError::RequestBody(body_err));
                     }
                     self.failure(ep);
-                    let (kind, err) = if e.is_connect() {
-                        (
-                            RetryOn::ConnectFailure,
-                            UpstreamError::Connect {
-                                endpoint: ep.address.to_string(),
-                                reason: error_chain(&e),
-                            },
-                        )
-                    } else {
-                        (
-                            RetryOn::Reset,
-                            UpstreamError::Protocol {
-                                endpoint: ep.address.to_string(),
-                                reason: error_chain(&e),
-                            },
-                        )
+                    let err = UpstreamError::Protocol {
+                        endpoint: ep.address.to_string(),
+                        reason: error_chain(&e),
                     };
-                    if last || !self.config.retries.on.contains(&kind) {
+                    if last || !self.config.retries.on.contains(&RetryOn::Reset) {
                         return Err(err);
                     }
                     tracing::debug!(upstream = %self.name, endpoint = %ep.address, error = %err, "retrying");
@@ -353,6 +340,106 @@ impl Upstream {
         Err(last_err.unwrap_or_else(|| UpstreamError::NoHealthyEndpoint(self.name.clone())))
     }
 
+    /// One exchange with `ep`: get a connection, send, await the response
+    /// head. Headers and body are taken only once a connection is there, so
+    /// a connect failure leaves them for the next attempt.
+    async fn exchange(
+        &self,
+        ep: &Endpoint,
+        now: Instant,
+        msg: Message<'_>,
+    ) -> Result<Response<PooledBody>, ExchangeError> {
+        let mut conn = ep
+            .pool
+            .checkout(&self.connector, &ep.authority, now)
+            .await
+            .map_err(ExchangeError::Connect)?;
+        let headers = if msg.keep_copy {
+            msg.headers.clone()
+        } else {
+            std::mem::take(msg.headers)
+        };
+        let mut req = self.request(ep, &conn.sender, msg.method, msg.path_and_query, headers);
+        *req.body_mut() = msg.body.take().unwrap_or_else(empty);
+        loop {
+            match conn.sender.send(req).await {
+                Ok(resp) => {
+                    let (parts, body) = resp.into_parts();
+                    let release = match conn.sender {
+                        Sender::Http1(tx) if parts.status != StatusCode::SWITCHING_PROTOCOLS => {
+                            Some(Release::new(ep.pool.clone(), tx, &self.connector))
+                        }
+                        _ => None,
+                    };
+                    return Ok(Response::from_parts(parts, PooledBody::new(body, release)));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Not sent: the pooled connection was closed while idle.
+                    // Like hyper-util's client, try again on another one.
+                    Some(unsent) if conn.reused => {
+                        tracing::trace!(endpoint = %ep.address, "stale pooled connection");
+                        req = unsent;
+                        conn = ep
+                            .pool
+                            .checkout(&self.connector, &ep.authority, Instant::now())
+                            .await
+                            .map_err(ExchangeError::Connect)?;
+                    }
+                    _ => return Err(ExchangeError::Send(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The request as sent to `ep` over `sender`: origin-form with a `Host`
+    /// header over HTTP/1, absolute-form over HTTP/2.
+    fn request(
+        &self,
+        ep: &Endpoint,
+        sender: &Sender,
+        method: &Method,
+        path_and_query: &PathAndQuery,
+        mut headers: HeaderMap,
+    ) -> Request<Body> {
+        let mut req = Request::new(empty());
+        *req.method_mut() = method.clone();
+        *req.version_mut() = Version::HTTP_11;
+        if sender.is_http1() {
+            *req.uri_mut() = if method == Method::CONNECT {
+                Uri::from(ep.authority.clone())
+            } else {
+                Uri::from(path_and_query.clone())
+            };
+            if !headers.contains_key(header::HOST) {
+                headers.insert(header::HOST, ep.host_header.clone());
+            }
+        } else {
+            *req.uri_mut() = self.uri(ep, path_and_query);
+        }
+        *req.headers_mut() = headers;
+        req
+    }
+
+    /// An active health probe: `GET path` answered with a 2xx.
+    async fn probe(&self, ep: &Endpoint, path: &PathAndQuery) -> bool {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static("transom-health"),
+        );
+        let msg = Message {
+            method: &Method::GET,
+            path_and_query: path,
+            headers: &mut headers,
+            body: &mut None,
+            keep_copy: false,
+        };
+        match self.exchange(ep, Instant::now(), msg).await {
+            Ok(resp) => resp.status().is_success(),
+            Err(_) => false,
+        }
+    }
+
     fn failure(&self, ep: &Endpoint) {
         if ep.breaker.failure(Instant::now()) {
             ep.ejections.inc();
@@ -361,9 +448,53 @@ impl Upstream {
     }
 }
 
-/// The body error behind a client error, if the request body was the cause
+/// The parts of a request an exchange may consume.
+struct Message<'a> {
+    method: &'a Method,
+    path_and_query: &'a PathAndQuery,
+    headers: &'a mut HeaderMap,
+    body: &'a mut Option<Body>,
+    /// Send a copy of the headers, keeping them for a retry.
+    keep_copy: bool,
+}
+
+/// How an exchange failed.
+enum ExchangeError {
+    /// No connection: nothing was sent.
+    Connect(pool::ConnectError),
+    /// The request was (at least partly) sent.
+    Send(hyper::Error),
+}
+
+/// Drop each endpoint's connections that stayed idle past the idle timeout,
+/// even when no request comes to check them out.
+fn spawn_reaper(upstream: Weak<Upstream>) {
+    let Some(up) = upstream.upgrade() else { return };
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let timeout = up.connector.idle_timeout();
+    drop(up);
+    rt.spawn(async move {
+        let mut ticker = tokio::time::interval(timeout.max(Duration::from_millis(90)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            let Some(up) = upstream.upgrade() else { return };
+            for ep in &up.endpoints {
+                ep.pool.reap(timeout);
+            }
+        }
+    });
+}
+
+/// The body error behind a send error, if the request body was the cause
 /// (it exceeded its limit or the client went away).
-fn body_error(e: &hyper_util::client::legacy::Error) -> Option<String> {
+fn body_error(e: &hyper::Error) -> Option<String> {
+    if e.is_user() {
+        return Some(error_chain(e));
+    }
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(h) = s.downcast_ref::<hyper::Error>()

@@ -1,0 +1,269 @@
+//! A route's plugin chain: the request phase runs the plugins in order
+//! (the first that answers ends it), the response phase runs them in
+//! reverse. Bodies are buffered only when a plugin in the chain asked for
+//! them (`body = true`).
+//!
+//! The phase futures own what they use (the request goes in and comes back
+//! out), so they are `Send + 'static` and borrow nothing from the caller.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::body::{Body, full};
+use crate::error::ProxyError;
+use crate::plugin::{
+    Answer, Binding, Decision, Held, Phases, PluginError, RequestState, ResponseState,
+};
+
+/// The plugins of one route.
+#[derive(Default, Clone)]
+pub struct Chain {
+    /// Bindings in request-phase order.
+    pub plugins: Arc<[Arc<Binding>]>,
+}
+
+/// What the request phase decided.
+pub enum RequestOutcome {
+    /// Forward the (edited) request; `Some` replaces the body. The instances
+    /// that ran are kept for the response phase.
+    Forward(Option<Bytes>, Instances),
+    /// A plugin answered.
+    Respond(Response<Body>),
+}
+
+/// Instances kept from a request's request phase for its response phase.
+#[derive(Default)]
+pub struct Instances(Vec<(Arc<Binding>, Held)>);
+
+impl Instances {
+    fn take(&mut self, b: &Arc<Binding>) -> Option<Held> {
+        let i = self.0.iter().position(|(x, _)| Arc::ptr_eq(x, b))?;
+        Some(self.0.swap_remove(i).1)
+    }
+}
+
+impl Chain {
+    /// True when no plugin runs.
+    pub fn is_empty(&self) -> bool {
+        self.plugins.is_empty()
+    }
+
+    /// Run the request phase; the request is handed back, edited.
+    pub fn on_request(
+        &self,
+        route: Arc<str>,
+        client_ip: IpAddr,
+        req: Request<Incoming>,
+        max_body: u64,
+    ) -> impl Future<Output = Result<(Request<Incoming>, RequestOutcome), ProxyError>> + Send + 'static
+    {
+        request_phase(
+            self.with(Phases::REQUEST, false),
+            route,
+            client_ip,
+            req,
+            max_body,
+        )
+    }
+
+    /// Run the response phase, last plugin first.
+    pub fn on_response(
+        &self,
+        resp: Response<Body>,
+        max_body: u64,
+        held: Instances,
+    ) -> impl Future<Output = Result<Response<Body>, ProxyError>> + Send + 'static {
+        response_phase(self.with(Phases::RESPONSE, true), resp, max_body, held)
+    }
+
+    /// The bindings that implement `phase`, optionally reversed.
+    fn with(&self, phase: Phases, reverse: bool) -> Vec<Arc<Binding>> {
+        let mut v: Vec<Arc<Binding>> = Vec::with_capacity(self.plugins.len());
+        for b in self.plugins.iter() {
+            if b.phases().contains(phase) {
+                v.push(b.clone());
+            }
+        }
+        if reverse {
+            v.reverse();
+        }
+        v
+    }
+}
+
+async fn request_phase(
+    plugins: Vec<Arc<Binding>>,
+    route: Arc<str>,
+    client_ip: IpAddr,
+    mut req: Request<Incoming>,
+    max_body: u64,
+) -> Result<(Request<Incoming>, RequestOutcome), ProxyError> {
+    if plugins.is_empty() {
+        return Ok((req, RequestOutcome::Forward(None, Instances::default())));
+    }
+    let body = if plugins.iter().any(|b| b.body) {
+        Some(read_limited(req.body_mut(), max_body).await?)
+    } else {
+        None
+    };
+    let mut state = RequestState {
+        method: req.method().clone(),
+        path: req.uri().path().to_string(),
+        query: req.uri().query().map(str::to_string),
+        headers: std::mem::take(req.headers_mut()),
+        body,
+        client_ip,
+        route,
+    };
+    let mut held = Instances::default();
+    for binding in plugins {
+        let (next, decision, kept) = binding.on_request(state).await.map_err(plugin_error)?;
+        state = next;
+        if let Some(h) = kept {
+            held.0.push((binding.clone(), h));
+        }
+        if let Decision::Respond(answer) = decision {
+            let resp = answer_response(answer, &binding.plugin.id)?;
+            return Ok((req, RequestOutcome::Respond(resp)));
+        }
+    }
+    *req.method_mut() = state.method;
+    *req.headers_mut() = state.headers;
+    let pq = match &state.query {
+        Some(q) => format!("{}?{q}", state.path),
+        None => state.path,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(
+        pq.parse()
+            .map_err(|_| ProxyError::BadRequest("plugins produced an invalid path".into()))?,
+    );
+    *req.uri_mut() = http::Uri::from_parts(parts)
+        .map_err(|e| ProxyError::BadRequest(format!("rewritten URI: {e}")))?;
+    if let Some(b) = &state.body {
+        if let Ok(v) = HeaderValue::from_str(&b.len().to_string()) {
+            req.headers_mut().insert(header::CONTENT_LENGTH, v);
+        }
+        req.headers_mut().remove(header::TRANSFER_ENCODING);
+    }
+    Ok((req, RequestOutcome::Forward(state.body, held)))
+}
+
+async fn response_phase(
+    plugins: Vec<Arc<Binding>>,
+    resp: Response<Body>,
+    max_body: u64,
+    mut held: Instances,
+) -> Result<Response<Body>, ProxyError> {
+    if plugins.is_empty() {
+        return Ok(resp);
+    }
+    let (parts, body) = resp.into_parts();
+    let (stream, buffered) = if plugins.iter().any(|b| b.body) {
+        (None, Some(read_limited_body(body, max_body).await?))
+    } else {
+        (Some(body), None)
+    };
+    let mut state = ResponseState {
+        status: parts.status,
+        headers: parts.headers,
+        body: buffered,
+    };
+    for binding in plugins {
+        let kept = held.take(&binding);
+        state = binding
+            .on_response(kept, state)
+            .await
+            .map_err(plugin_error)?;
+    }
+    let body = match (stream, state.body) {
+        (_, Some(bytes)) => {
+            state.headers.remove(header::TRANSFER_ENCODING);
+            if let Ok(v) = HeaderValue::from_str(&bytes.len().to_string()) {
+                state.headers.insert(header::CONTENT_LENGTH, v);
+            }
+            full(bytes)
+        }
+        (Some(stream), None) => stream,
+        (None, None) => crate::body::empty(),
+    };
+    let mut out = Response::new(body);
+    *out.status_mut() = state.status;
+    *out.headers_mut() = state.headers;
+    *out.version_mut() = parts.version;
+    Ok(out)
+}
+
+fn plugin_error(e: PluginError) -> ProxyError {
+    tracing::warn!(error = %e, "plugin failed");
+    ProxyError::Plugin(e)
+}
+
+fn answer_response(answer: Answer, plugin: &Arc<str>) -> Result<Response<Body>, ProxyError> {
+    let invalid = |message: String| {
+        ProxyError::Plugin(PluginError::Failed {
+            plugin: plugin.clone(),
+            message,
+        })
+    };
+    let status = StatusCode::from_u16(answer.status)
+        .ok()
+        .filter(|s| s.as_u16() >= 200)
+        .ok_or_else(|| invalid(format!("answered with invalid status {}", answer.status)))?;
+    let mut resp = Response::new(full(answer.body));
+    *resp.status_mut() = status;
+    for (k, v) in answer.headers {
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) else {
+            return Err(invalid(format!("answered with an invalid header {k:?}")));
+        };
+        if !matches!(
+            name.as_str(),
+            "content-length" | "transfer-encoding" | "connection"
+        ) {
+            resp.headers_mut().append(name, value);
+        }
+    }
+    Ok(resp)
+}
+
+async fn read_limited(body: &mut Incoming, max: u64) -> Result<Bytes, ProxyError> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ProxyError::BadRequest(format!("request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if (buf.len() + data.len()) as u64 > max {
+                return Err(ProxyError::BodyTooLarge(max));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+async fn read_limited_body(mut body: Body, max: u64) -> Result<Bytes, ProxyError> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ProxyError::BadGateway(format!("upstream response body could not be read: {e}"))
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if (buf.len() + data.len()) as u64 > max {
+                return Err(ProxyError::BadGateway(format!(
+                    "upstream response larger than {max} bytes cannot be given to plugins"
+                )));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}

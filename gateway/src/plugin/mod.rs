@@ -1,0 +1,440 @@
+//! WebAssembly plugins: sandboxed per-route policies.
+//!
+//! - [`PluginEngine`]: one wasmtime engine with the pooling allocator and
+//!   epoch interruption (a ticker thread advances the epoch every
+//!   millisecond, and every call sets its deadline first);
+//! - [`Registry`]: the plugin directory (`NAME@VERSION.wasm`), compiled off
+//!   the request path and cached on disk as precompiled artifacts;
+//! - [`Binding`]: one plugin in one route's chain, with its configuration,
+//!   limits and instances (`reuse`: pooled; `per-request`: fresh each time).
+//!
+//! A plugin that traps, loops, runs out of memory or returns an error fails
+//! only the request it was handling; the instance is thrown away.
+
+pub mod bindings;
+mod host;
+mod registry;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine, PoolingAllocationConfig, Store};
+
+pub use bindings::{Answer, Decision, Phases};
+pub use host::{RequestState, ResponseState};
+
+pub use registry::{CheckReport, LoadedPlugin, Registry, SyncReport, check_file};
+
+use crate::config::{InstanceMode, PluginRef, PluginsConfig};
+use bindings::{FilterPlugin, FilterPluginPre};
+use host::{Ctx, Identity};
+
+/// Epoch granularity: deadlines are counted in these ticks.
+const TICK: Duration = Duration::from_millis(1);
+
+/// Idle instances kept per binding in `reuse` mode.
+const MAX_IDLE: usize = 64;
+
+/// A plugin name: lower-case letters, digits and `-`, starting with a letter.
+pub fn valid_name(name: &str) -> bool {
+    name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// Why a plugin could not be loaded or did not complete a call.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The engine could not be set up.
+    #[error("plugin engine: {0}")]
+    Engine(String),
+    /// A file is not a usable plugin.
+    #[error("{file}: {reason}")]
+    Load {
+        /// The file.
+        file: String,
+        /// Why.
+        reason: String,
+    },
+    /// The plugin trapped (panic, out of memory, stack overflow, ...).
+    #[error("plugin {plugin} failed: {reason}")]
+    Trap {
+        /// `name@version`.
+        plugin: Arc<str>,
+        /// What happened.
+        reason: String,
+    },
+    /// The plugin ran past its deadline.
+    #[error("plugin {plugin} exceeded its {limit:?} time limit")]
+    Timeout {
+        /// `name@version`.
+        plugin: Arc<str>,
+        /// The limit.
+        limit: Duration,
+    },
+    /// The plugin returned an error.
+    #[error("plugin {plugin} returned an error: {message}")]
+    Failed {
+        /// `name@version`.
+        plugin: Arc<str>,
+        /// Its message.
+        message: String,
+    },
+}
+
+impl PluginError {
+    /// True for a deadline (504); everything else is a 500.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, PluginError::Timeout { .. })
+    }
+}
+
+/// The wasmtime engine shared by every plugin of a gateway.
+pub struct PluginEngine {
+    engine: Engine,
+    linker: Linker<Ctx>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl PluginEngine {
+    /// An engine sized by `[plugins]`.
+    pub fn new(cfg: &PluginsConfig) -> Result<Arc<PluginEngine>, PluginError> {
+        let err = |e: wasmtime::Error| PluginError::Engine(format!("{e:#}"));
+        let mut pool = PoolingAllocationConfig::default();
+        let n = cfg.max_instances;
+        pool.total_component_instances(n)
+            .total_core_instances(n.saturating_mul(4))
+            .total_memories(n)
+            .total_tables(n.saturating_mul(2))
+            .total_stacks(n)
+            .max_memory_size(cfg.max_memory.bytes() as usize);
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .concurrency_support(false)
+            .allocation_strategy(pool)
+            .max_wasm_stack(512 * 1024);
+        let engine = Engine::new(&config).map_err(err)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(err)?;
+        bindings::add_to_linker(&mut linker, |c| c).map_err(err)?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker_engine = engine.weak();
+        let ticker_stop = stop.clone();
+        std::thread::Builder::new()
+            .name("transom-epoch".into())
+            .spawn(move || {
+                while !ticker_stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    match ticker_engine.upgrade() {
+                        Some(e) => e.increment_epoch(),
+                        None => return,
+                    }
+                }
+            })
+            .map_err(|e| PluginError::Engine(format!("epoch ticker: {e}")))?;
+        Ok(Arc::new(PluginEngine {
+            engine,
+            linker,
+            ticker_stop: stop,
+        }))
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+impl Drop for PluginEngine {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A live instance and its store.
+struct Instance {
+    store: Store<Ctx>,
+    filter: FilterPlugin,
+}
+
+/// The instance that ran a request's request phase, kept for the same
+/// request's response phase (so a `per-request` instance sees both, and
+/// plugin state can pass between them). Dropped unused, it goes back to its
+/// pool.
+pub struct Held {
+    inst: Option<Instance>,
+    binding: Arc<Binding>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(inst) = self.inst.take() {
+            self.binding.release(inst);
+        }
+    }
+}
+
+/// One plugin as used by one route: the loaded version, its configuration,
+/// limits, and (in `reuse` mode) a pool of idle instances.
+pub struct Binding {
+    /// The loaded plugin.
+    pub plugin: Arc<LoadedPlugin>,
+    id: Identity,
+    timeout: Duration,
+    memory: usize,
+    mode: InstanceMode,
+    /// Whether the chain must buffer bodies for this plugin.
+    pub body: bool,
+    idle: Mutex<Vec<Instance>>,
+    engine: Arc<PluginEngine>,
+    /// Calls made through this binding.
+    pub calls: AtomicU64,
+}
+
+impl Binding {
+    /// Bind `plugin` with the settings of `r`.
+    pub fn new(engine: Arc<PluginEngine>, plugin: Arc<LoadedPlugin>, r: &PluginRef) -> Binding {
+        Binding {
+            id: Identity {
+                plugin: plugin.id.clone(),
+                config: r.config_json().into(),
+                body: r.body,
+            },
+            timeout: r.timeout.get(),
+            memory: r.memory.bytes() as usize,
+            mode: r.instance,
+            body: r.body,
+            idle: Mutex::new(Vec::new()),
+            plugin,
+            engine,
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    /// Which phases the plugin implements.
+    pub fn phases(&self) -> Phases {
+        self.plugin.phases
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        (self.timeout.as_millis() as u64 / TICK.as_millis() as u64).max(1) + 1
+    }
+
+    async fn instance(&self) -> Result<Instance, PluginError> {
+        if self.mode == InstanceMode::Reuse
+            && let Some(inst) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+        {
+            return Ok(inst);
+        }
+        let mut store = Store::new(&self.engine.engine, Ctx::new(self.id.clone(), self.memory));
+        store.limiter(|c| &mut c.limits);
+        store.set_epoch_deadline(self.deadline_ticks());
+        match self.plugin.pre.instantiate_async(&mut store).await {
+            Ok(filter) => Ok(Instance { store, filter }),
+            Err(e) => Err(self.classify(e, &store)),
+        }
+    }
+
+    fn release(&self, inst: Instance) {
+        if self.mode != InstanceMode::Reuse {
+            return;
+        }
+        // A plugin that keeps writing to stderr is recycled before its
+        // buffer fills.
+        if inst.store.data().stderr.contents().len() > 16 * 1024 {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(inst);
+        }
+    }
+
+    fn classify(&self, e: wasmtime::Error, store: &Store<Ctx>) -> PluginError {
+        let plugin = self.id.plugin.clone();
+        if let Some(trap) = e.downcast_ref::<wasmtime::Trap>()
+            && *trap == wasmtime::Trap::Interrupt
+        {
+            return PluginError::Timeout {
+                plugin,
+                limit: self.timeout,
+            };
+        }
+        let mut reason = format!("{e:#}");
+        if let Some(first) = reason.lines().next() {
+            reason = first.to_string();
+        }
+        if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+            reason = match trap {
+                wasmtime::Trap::StackOverflow => "stack overflow".into(),
+                // A Rust guest's stack lives in linear memory: overflowing it
+                // shows up as an access below address 0.
+                wasmtime::Trap::MemoryOutOfBounds => {
+                    "out-of-bounds memory access (a stack overflow, usually)".into()
+                }
+                wasmtime::Trap::UnreachableCodeReached => "trap (panic or abort)".into(),
+                other => format!("trap: {other}"),
+            };
+        }
+        if format!("{e:?}").contains("forcing trap when growing memory") {
+            reason = format!("memory limit of {} bytes exceeded", self.memory);
+        }
+        let stderr = store.data().stderr_tail();
+        if !stderr.is_empty() {
+            reason = format!("{reason}: {stderr}");
+        }
+        PluginError::Trap { plugin, reason }
+    }
+
+    /// Run the request phase on `req`. When the plugin also has a response
+    /// phase, its instance comes back as [`Held`] for that phase.
+    pub async fn on_request(
+        self: &Arc<Self>,
+        req: RequestState,
+    ) -> Result<(RequestState, Decision, Option<Held>), PluginError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let mut inst = match self.instance().await {
+            Ok(i) => i,
+            Err(e) => {
+                self.plugin.errors.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        self.plugin.calls.fetch_add(1, Ordering::Relaxed);
+        inst.store.data_mut().req = Some(req);
+        inst.store.set_epoch_deadline(self.deadline_ticks());
+        let result = inst
+            .filter
+            .transom_plugin_filter()
+            .call_on_request(&mut inst.store)
+            .await;
+        let req = inst.store.data_mut().req.take();
+        let outcome = match (result, req) {
+            (Ok(Ok(decision)), Some(req)) => Ok((req, decision)),
+            (Ok(Err(message)), _) => Err(PluginError::Failed {
+                plugin: self.id.plugin.clone(),
+                message,
+            }),
+            (Err(e), _) => Err(self.classify(e, &inst.store)),
+            (Ok(Ok(_)), None) => Err(PluginError::Trap {
+                plugin: self.id.plugin.clone(),
+                reason: "request state lost".into(),
+            }),
+        };
+        match outcome {
+            Ok((req, decision)) => {
+                let keep = self.plugin.phases.contains(Phases::RESPONSE)
+                    && matches!(decision, Decision::Continue);
+                let held = if keep {
+                    Some(Held {
+                        inst: Some(inst),
+                        binding: self.clone(),
+                    })
+                } else {
+                    self.release(inst);
+                    None
+                };
+                Ok((req, decision, held))
+            }
+            Err(e @ PluginError::Failed { .. }) => {
+                self.plugin.errors.fetch_add(1, Ordering::Relaxed);
+                self.release(inst);
+                Err(e)
+            }
+            Err(e) => {
+                // Trapped instances cannot be entered again: drop it.
+                self.plugin.errors.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Run the response phase on `resp`, in the instance that ran the
+    /// request phase when there is one.
+    pub async fn on_response(
+        &self,
+        held: Option<Held>,
+        resp: ResponseState,
+    ) -> Result<ResponseState, PluginError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let held_inst = held.and_then(|mut h| h.inst.take());
+        let mut inst = match held_inst {
+            Some(i) => i,
+            None => match self.instance().await {
+                Ok(i) => i,
+                Err(e) => {
+                    self.plugin.errors.fetch_add(1, Ordering::Relaxed);
+                    return Err(e);
+                }
+            },
+        };
+        self.plugin.calls.fetch_add(1, Ordering::Relaxed);
+        inst.store.data_mut().resp = Some(resp);
+        inst.store.set_epoch_deadline(self.deadline_ticks());
+        let result = inst
+            .filter
+            .transom_plugin_filter()
+            .call_on_response(&mut inst.store)
+            .await;
+        let resp = inst.store.data_mut().resp.take();
+        let outcome = match (result, resp) {
+            (Ok(Ok(())), Some(resp)) => Ok(resp),
+            (Ok(Err(message)), _) => Err(PluginError::Failed {
+                plugin: self.id.plugin.clone(),
+                message,
+            }),
+            (Err(e), _) => Err(self.classify(e, &inst.store)),
+            (Ok(Ok(())), None) => Err(PluginError::Trap {
+                plugin: self.id.plugin.clone(),
+                reason: "response state lost".into(),
+            }),
+        };
+        match &outcome {
+            Ok(_) => self.release(inst),
+            Err(PluginError::Failed { .. }) => {
+                self.plugin.errors.fetch_add(1, Ordering::Relaxed);
+                self.release(inst);
+            }
+            Err(_) => {
+                self.plugin.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        outcome
+    }
+}
+
+/// Used by [`registry`] to read a plugin's phases once at load.
+async fn probe_phases(
+    engine: &PluginEngine,
+    pre: &FilterPluginPre<Ctx>,
+    id: Arc<str>,
+) -> Result<Phases, String> {
+    let mut store = Store::new(
+        &engine.engine,
+        Ctx::new(
+            Identity {
+                plugin: id,
+                config: "{}".into(),
+                body: false,
+            },
+            16 << 20,
+        ),
+    );
+    store.limiter(|c| &mut c.limits);
+    store.set_epoch_deadline(1000);
+    let filter = pre
+        .instantiate_async(&mut store)
+        .await
+        .map_err(|e| format!("cannot instantiate: {e:#}"))?;
+    filter
+        .transom_plugin_filter()
+        .call_phases(&mut store)
+        .await
+        .map_err(|e| format!("phases() failed: {e:#}"))
+}

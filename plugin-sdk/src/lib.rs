@@ -1,0 +1,355 @@
+//! Write Transom plugins in Rust.
+//!
+//! A plugin is a type that implements [`Plugin`], exported with
+//! [`export_plugin!`], built as a `cdylib` for `wasm32-wasip2`:
+//!
+//! ```ignore
+//! use transom_plugin_sdk::{export_plugin, Action, Error, Plugin, Request};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Config { name: String, value: String }
+//!
+//! struct AddHeader;
+//!
+//! impl Plugin for AddHeader {
+//!     fn on_request(req: &mut Request) -> Result<Action, Error> {
+//!         let cfg: Config = transom_plugin_sdk::config()?;
+//!         req.set_header(&cfg.name, &cfg.value)?;
+//!         Ok(Action::Continue)
+//!     }
+//! }
+//!
+//! export_plugin!(AddHeader);
+//! ```
+//!
+//! The same code runs natively under `cargo test` against the fake host in
+//! [`testing`], so plugin logic is unit-tested without Wasm or a gateway.
+#![deny(missing_docs)]
+
+// Generated code names the SDK by its crate name, also from inside it.
+extern crate self as transom_plugin_sdk;
+
+use std::fmt;
+
+mod sys;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+
+/// Generated bindings of the `transom:plugin` contract. Used by
+/// [`export_plugin!`]; plugins do not need to touch them.
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "filter-plugin",
+        pub_export_macro: true,
+        default_bindings_module: "transom_plugin_sdk::bindings",
+        runtime_path: "transom_plugin_sdk::__wit_bindgen::rt",
+    });
+}
+
+#[doc(hidden)]
+pub use wit_bindgen as __wit_bindgen;
+
+pub use sys::Level;
+
+/// An error a plugin returns: the request fails with a 500 naming the plugin
+/// and this message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error(pub String);
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<String> for Error {
+    fn from(s: String) -> Self {
+        Error(s)
+    }
+}
+
+impl From<&str> for Error {
+    fn from(s: &str) -> Self {
+        Error(s.to_string())
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error(format!("invalid plugin config: {e}"))
+    }
+}
+
+/// What the request phase decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Go on to the next plugin and then the upstream.
+    Continue,
+    /// Answer the client now; later plugins and the upstream are skipped.
+    Respond(Answer),
+}
+
+/// A response made by the plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// An answer with a status and no body.
+    pub fn new(status: u16) -> Answer {
+        Answer {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// A JSON answer.
+    pub fn json(status: u16, value: &serde_json::Value) -> Answer {
+        Answer {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: value.to_string().into_bytes(),
+        }
+    }
+
+    /// Add a header.
+    pub fn header(mut self, name: &str, value: &str) -> Answer {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Set the body.
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Answer {
+        self.body = body.into();
+        self
+    }
+}
+
+/// The request being handled. Reads and edits go straight to the gateway,
+/// so only what the plugin asks for is copied.
+#[derive(Debug)]
+pub struct Request {
+    _private: (),
+}
+
+impl Request {
+    /// The method, e.g. `GET`.
+    pub fn method(&self) -> String {
+        sys::request::method()
+    }
+    /// The path without the query.
+    pub fn path(&self) -> String {
+        sys::request::path()
+    }
+    /// The query string without `?`.
+    pub fn query(&self) -> Option<String> {
+        sys::request::query()
+    }
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<String> {
+        sys::request::header(name)
+    }
+    /// Every header, lower-case names, in order.
+    pub fn headers(&self) -> Vec<(String, String)> {
+        sys::request::headers()
+    }
+    /// The body, when the route gives it to this plugin (`body = true`).
+    pub fn body(&self) -> Option<Vec<u8>> {
+        sys::request::body()
+    }
+    /// The client's IP address.
+    pub fn client_ip(&self) -> String {
+        sys::request::client_ip()
+    }
+    /// The matched route's name.
+    pub fn route(&self) -> String {
+        sys::request::route()
+    }
+    /// Replace the method.
+    pub fn set_method(&mut self, method: &str) -> Result<(), Error> {
+        sys::request::set_method(method).map_err(Error)
+    }
+    /// Replace the path.
+    pub fn set_path(&mut self, path: &str) -> Result<(), Error> {
+        sys::request::set_path(path).map_err(Error)
+    }
+    /// Replace or remove the query.
+    pub fn set_query(&mut self, query: Option<&str>) -> Result<(), Error> {
+        sys::request::set_query(query).map_err(Error)
+    }
+    /// Set a header, replacing its values.
+    pub fn set_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
+        sys::request::set_header(name, value).map_err(Error)
+    }
+    /// Add a header value.
+    pub fn add_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
+        sys::request::add_header(name, value).map_err(Error)
+    }
+    /// Remove a header.
+    pub fn remove_header(&mut self, name: &str) {
+        sys::request::remove_header(name)
+    }
+    /// Replace the body.
+    pub fn set_body(&mut self, body: &[u8]) -> Result<(), Error> {
+        sys::request::set_body(body).map_err(Error)
+    }
+}
+
+/// The upstream's response.
+#[derive(Debug)]
+pub struct Response {
+    _private: (),
+}
+
+impl Response {
+    /// The status code.
+    pub fn status(&self) -> u16 {
+        sys::response::status()
+    }
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<String> {
+        sys::response::header(name)
+    }
+    /// Every header.
+    pub fn headers(&self) -> Vec<(String, String)> {
+        sys::response::headers()
+    }
+    /// The body, when the route gives it to this plugin.
+    pub fn body(&self) -> Option<Vec<u8>> {
+        sys::response::body()
+    }
+    /// Replace the status.
+    pub fn set_status(&mut self, status: u16) -> Result<(), Error> {
+        sys::response::set_status(status).map_err(Error)
+    }
+    /// Set a header.
+    pub fn set_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
+        sys::response::set_header(name, value).map_err(Error)
+    }
+    /// Add a header value.
+    pub fn add_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
+        sys::response::add_header(name, value).map_err(Error)
+    }
+    /// Remove a header.
+    pub fn remove_header(&mut self, name: &str) {
+        sys::response::remove_header(name)
+    }
+    /// Replace the body.
+    pub fn set_body(&mut self, body: &[u8]) -> Result<(), Error> {
+        sys::response::set_body(body).map_err(Error)
+    }
+}
+
+/// A plugin. Implement the phases you need; the others do nothing and are
+/// never called (set the matching `const` so the gateway knows).
+pub trait Plugin {
+    /// Whether [`Plugin::on_request`] is implemented.
+    const ON_REQUEST: bool = true;
+    /// Whether [`Plugin::on_response`] is implemented.
+    const ON_RESPONSE: bool = false;
+
+    /// The request phase.
+    fn on_request(req: &mut Request) -> Result<Action, Error> {
+        let _ = req;
+        Ok(Action::Continue)
+    }
+
+    /// The response phase (runs in reverse chain order).
+    fn on_response(resp: &mut Response) -> Result<(), Error> {
+        let _ = resp;
+        Ok(())
+    }
+}
+
+/// This plugin's configuration for the current route, deserialised from the
+/// route's `config = { ... }`.
+pub fn config<T: serde::de::DeserializeOwned>() -> Result<T, Error> {
+    Ok(serde_json::from_str(&sys::host::config())?)
+}
+
+/// Write to the gateway's log, tagged with this plugin's name and version.
+pub fn log(level: Level, message: &str) {
+    sys::host::log(level, message)
+}
+
+/// Milliseconds since the Unix epoch, from the gateway's clock.
+pub fn now_ms() -> u64 {
+    sys::host::now_ms()
+}
+
+#[doc(hidden)]
+pub mod __export {
+    use super::*;
+    use crate::bindings::exports::transom::plugin::filter as wit;
+
+    pub fn phases<P: Plugin>() -> wit::PhaseFlags {
+        let mut f = wit::PhaseFlags::empty();
+        if P::ON_REQUEST {
+            f |= wit::PhaseFlags::REQUEST;
+        }
+        if P::ON_RESPONSE {
+            f |= wit::PhaseFlags::RESPONSE;
+        }
+        f
+    }
+
+    pub fn on_request<P: Plugin>() -> Result<wit::Decision, String> {
+        let mut req = Request { _private: () };
+        match P::on_request(&mut req) {
+            Ok(Action::Continue) => Ok(wit::Decision::Continue),
+            Ok(Action::Respond(a)) => Ok(wit::Decision::Respond(wit::Answer {
+                status: a.status,
+                headers: a.headers,
+                body: a.body,
+            })),
+            Err(e) => Err(e.0),
+        }
+    }
+
+    pub fn on_response<P: Plugin>() -> Result<(), String> {
+        let mut resp = Response { _private: () };
+        P::on_response(&mut resp).map_err(|e| e.0)
+    }
+}
+
+/// Export a [`Plugin`] as the component's `transom:plugin/filter`.
+///
+/// Only on `wasm32`: natively (under `cargo test`) the plugin is driven by
+/// [`testing::TestHost`](crate) instead.
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct __TransomPluginExport;
+
+            impl $crate::bindings::exports::transom::plugin::filter::Guest for __TransomPluginExport {
+                fn phases() -> $crate::bindings::exports::transom::plugin::filter::PhaseFlags {
+                    $crate::__export::phases::<$plugin>()
+                }
+                fn on_request() -> ::std::result::Result<
+                    $crate::bindings::exports::transom::plugin::filter::Decision,
+                    ::std::string::String,
+                > {
+                    $crate::__export::on_request::<$plugin>()
+                }
+                fn on_response() -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::__export::on_response::<$plugin>()
+                }
+            }
+
+            $crate::bindings::export!(__TransomPluginExport with_types_in $crate::bindings);
+        };
+    };
+}

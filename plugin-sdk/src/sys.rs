@@ -1,0 +1,210 @@
+//! The host calls behind [`crate::Request`], [`crate::Response`] and the
+//! services: the gateway's imports on `wasm32`, the fake host of
+//! [`crate::testing`] everywhere else.
+
+#[cfg(target_arch = "wasm32")]
+pub use crate::bindings::transom::plugin::host::Level;
+
+#[cfg(target_arch = "wasm32")]
+pub mod request {
+    use crate::bindings::transom::plugin::request as r;
+    pub fn method() -> String {
+        r::method()
+    }
+    pub fn path() -> String {
+        r::path()
+    }
+    pub fn query() -> Option<String> {
+        r::query()
+    }
+    pub fn header(name: &str) -> Option<String> {
+        r::header(name)
+    }
+    pub fn headers() -> Vec<(String, String)> {
+        r::headers()
+    }
+    pub fn body() -> Option<Vec<u8>> {
+        r::body()
+    }
+    pub fn client_ip() -> String {
+        r::client_ip()
+    }
+    pub fn route() -> String {
+        r::route()
+    }
+    pub fn set_method(m: &str) -> Result<(), String> {
+        r::set_method(m)
+    }
+    pub fn set_path(p: &str) -> Result<(), String> {
+        r::set_path(p)
+    }
+    pub fn set_query(q: Option<&str>) -> Result<(), String> {
+        r::set_query(q)
+    }
+    pub fn set_header(n: &str, v: &str) -> Result<(), String> {
+        r::set_header(n, v)
+    }
+    pub fn add_header(n: &str, v: &str) -> Result<(), String> {
+        r::add_header(n, v)
+    }
+    pub fn remove_header(n: &str) {
+        r::remove_header(n)
+    }
+    pub fn set_body(b: &[u8]) -> Result<(), String> {
+        r::set_body(b)
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+pub mod response {
+    use crate::bindings::transom::plugin::response as r;
+    pub fn status() -> u16 {
+        r::status()
+    }
+    pub fn header(name: &str) -> Option<String> {
+        r::header(name)
+    }
+    pub fn headers() -> Vec<(String, String)> {
+        r::headers()
+    }
+    pub fn body() -> Option<Vec<u8>> {
+        r::body()
+    }
+    pub fn set_status(s: u16) -> Result<(), String> {
+        r::set_status(s)
+    }
+    pub fn set_header(n: &str, v: &str) -> Result<(), String> {
+        r::set_header(n, v)
+    }
+    pub fn add_header(n: &str, v: &str) -> Result<(), String> {
+        r::add_header(n, v)
+    }
+    pub fn remove_header(n: &str) {
+        r::remove_header(n)
+    }
+    pub fn set_body(b: &[u8]) -> Result<(), String> {
+        r::set_body(b)
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+pub mod host {
+    use crate::bindings::transom::plugin::host as h;
+    pub fn config() -> String {
+        h::config()
+    }
+    pub fn log(level: super::Level, message: &str) {
+        h::log(level, message)
+    }
+    pub fn now_ms() -> u64 {
+        h::now_ms()
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub use crate::testing::Level;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod request {
+    use crate::testing::with;
+    pub fn method() -> String {
+        with(|h| h.request.method.clone())
+    }
+    pub fn path() -> String {
+        with(|h| h.request.path.clone())
+    }
+    pub fn query() -> Option<String> {
+        with(|h| h.request.query.clone())
+    }
+    pub fn header(name: &str) -> Option<String> {
+        with(|h| h.request.header(name))
+    }
+    pub fn headers() -> Vec<(String, String)> {
+        with(|h| h.request.headers.clone())
+    }
+    pub fn body() -> Option<Vec<u8>> {
+        with(|h| if h.body { h.request.body.clone() } else { None })
+    }
+    pub fn client_ip() -> String {
+        with(|h| h.request.client_ip.clone())
+    }
+    pub fn route() -> String {
+        with(|h| h.request.route.clone())
+    }
+    pub fn set_method(m: &str) -> Result<(), String> {
+        with(|h| h.request.set_method(m))
+    }
+    pub fn set_path(p: &str) -> Result<(), String> {
+        with(|h| h.request.set_path(p))
+    }
+    pub fn set_query(q: Option<&str>) -> Result<(), String> {
+        with(|h| {
+            h.request.query = q.map(str::to_string);
+            Ok(())
+        })
+    }
+    pub fn set_header(n: &str, v: &str) -> Result<(), String> {
+        with(|h| crate::testing::set_header(&mut h.request.headers, n, v, false))
+    }
+    pub fn add_header(n: &str, v: &str) -> Result<(), String> {
+        with(|h| crate::testing::set_header(&mut h.request.headers, n, v, true))
+    }
+    pub fn remove_header(n: &str) {
+        with(|h| crate::testing::remove_header(&mut h.request.headers, n))
+    }
+    pub fn set_body(b: &[u8]) -> Result<(), String> {
+        with(|h| h.set_request_body(b))
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod response {
+    use crate::testing::with;
+    pub fn status() -> u16 {
+        with(|h| h.response.status)
+    }
+    pub fn header(name: &str) -> Option<String> {
+        with(|h| h.response.header(name))
+    }
+    pub fn headers() -> Vec<(String, String)> {
+        with(|h| h.response.headers.clone())
+    }
+    pub fn body() -> Option<Vec<u8>> {
+        with(|h| {
+            if h.body {
+                h.response.body.clone()
+            } else {
+                None
+            }
+        })
+    }
+    pub fn set_status(s: u16) -> Result<(), String> {
+        with(|h| h.response.set_status(s))
+    }
+    pub fn set_header(n: &str, v: &str) -> Result<(), String> {
+        with(|h| crate::testing::set_header(&mut h.response.headers, n, v, false))
+    }
+    pub fn add_header(n: &str, v: &str) -> Result<(), String> {
+        with(|h| crate::testing::set_header(&mut h.response.headers, n, v, true))
+    }
+    pub fn remove_header(n: &str) {
+        with(|h| crate::testing::remove_header(&mut h.response.headers, n))
+    }
+    pub fn set_body(b: &[u8]) -> Result<(), String> {
+        with(|h| h.set_response_body(b))
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod host {
+    use crate::testing::with;
+    pub fn config() -> String {
+        with(|h| h.config.clone())
+    }
+    pub fn log(level: super::Level, message: &str) {
+        with(|h| h.logs.push((level, message.to_string())))
+    }
+    pub fn now_ms() -> u64 {
+        with(|h| h.now_ms)
+    }
+}

@@ -1,0 +1,73 @@
+//! `add-header`: set headers on the request to the upstream and on the
+//! response to the client.
+//!
+//! ```toml
+//! plugins = [{ name = "add-header", version = "1.0.0", config = { request = { "x-team" = "mobile" }, response = { "x-served-by" = "transom" } } }]
+//! ```
+use std::collections::BTreeMap;
+
+use transom_plugin_sdk::{Action, Error, Plugin, Request, Response, export_plugin};
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct Config {
+    request: BTreeMap<String, String>,
+    response: BTreeMap<String, String>,
+}
+
+pub struct AddHeader;
+
+impl Plugin for AddHeader {
+    const ON_RESPONSE: bool = true;
+
+    fn on_request(req: &mut Request) -> Result<Action, Error> {
+        let cfg: Config = transom_plugin_sdk::config()?;
+        for (name, value) in &cfg.request {
+            req.set_header(name, value)?;
+        }
+        Ok(Action::Continue)
+    }
+
+    fn on_response(resp: &mut Response) -> Result<(), Error> {
+        let cfg: Config = transom_plugin_sdk::config()?;
+        for (name, value) in &cfg.response {
+            resp.set_header(name, value)?;
+        }
+        Ok(())
+    }
+}
+
+export_plugin!(AddHeader);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use transom_plugin_sdk::testing::TestHost;
+
+    #[test]
+    fn sets_request_and_response_headers() {
+        let mut host = TestHost::new()
+            .header("x-team", "web")
+            .config(r#"{"request": {"x-team": "mobile"}, "response": {"x-served-by": "transom"}}"#);
+        assert_eq!(host.run_request::<AddHeader>(), Ok(Action::Continue));
+        assert_eq!(host.request.header("x-team").as_deref(), Some("mobile"));
+        assert_eq!(host.request.headers.len(), 1, "replaced, not added");
+        assert_eq!(host.run_response::<AddHeader>(), Ok(()));
+        assert_eq!(
+            host.response.header("x-served-by").as_deref(),
+            Some("transom")
+        );
+    }
+
+    #[test]
+    fn bad_config_is_an_error() {
+        let mut host = TestHost::new().config(r#"{"requets": {}}"#);
+        assert!(host.run_request::<AddHeader>().is_err());
+    }
+
+    #[test]
+    fn reserved_headers_are_refused() {
+        let mut host = TestHost::new().config(r#"{"request": {"content-length": "5"}}"#);
+        assert!(host.run_request::<AddHeader>().is_err());
+    }
+}
