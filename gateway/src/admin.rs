@@ -61,6 +61,11 @@ async fn answer(gw: Weak<Gateway>, req: Request<Incoming>) -> Response<Body> {
             let mut text = gw.metrics().encode();
             if let Some(reg) = gw.plugins().await {
                 plugin_metrics(&mut text, &reg);
+                let named = gw.plugin_metrics().encode();
+                match text.rfind("# EOF") {
+                    Some(at) => text.insert_str(at, &named),
+                    None => text.push_str(&named),
+                }
             }
             let mut r = Response::new(full(text));
             r.headers_mut().insert(

@@ -73,6 +73,8 @@ struct State {
 pub struct Gateway {
     root: PathBuf,
     metrics: Arc<Metrics>,
+    counters: Arc<crate::plugin::Counters>,
+    plugin_metrics: Arc<crate::plugin::PluginMetrics>,
     options: Options,
     state: Mutex<State>,
     config: ArcSwap<Config>,
@@ -90,6 +92,8 @@ impl Gateway {
         let gw = Arc::new(Gateway {
             root: path.as_ref().to_path_buf(),
             metrics: Arc::new(Metrics::default()),
+            counters: Arc::default(),
+            plugin_metrics: Arc::default(),
             options,
             state: Mutex::new(State {
                 listeners: BTreeMap::new(),
@@ -123,6 +127,11 @@ impl Gateway {
     /// The metrics registry.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Metrics that plugins name.
+    pub fn plugin_metrics(&self) -> &crate::plugin::PluginMetrics {
+        &self.plugin_metrics
     }
 
     /// The config currently applied.
@@ -204,10 +213,24 @@ impl Gateway {
             }
         };
 
+        let mut keys = BTreeMap::new();
+        for (name, kc) in &config.keys {
+            let set = crate::plugin::keys::KeySet::load(kc).map_err(|(field, why)| {
+                ApplyError::Plugin(format!("keys.{name}.{field}: {why}"))
+            })?;
+            keys.insert(name.clone(), Arc::new(set));
+        }
+        let services = Arc::new(crate::plugin::Services {
+            upstreams: upstreams.clone(),
+            keys,
+            counters: self.counters.clone(),
+            metrics: self.plugin_metrics.clone(),
+        });
+
         // build frontend runtimes
         let mut runtimes = Vec::new();
         for (name, fc) in &config.frontends {
-            let chains = bind_plugins(name, fc, registry.as_deref())?;
+            let chains = bind_plugins(name, fc, registry.as_deref(), &services)?;
             let rt = FrontendRuntime::new(
                 name,
                 fc,
@@ -343,6 +366,7 @@ fn bind_plugins(
     frontend: &str,
     fc: &crate::config::FrontendConfig,
     registry: Option<&Registry>,
+    services: &Arc<crate::plugin::Services>,
 ) -> Result<Vec<Chain>, ApplyError> {
     let mut chains = Vec::with_capacity(fc.routes.len());
     for (i, route) in fc.routes.iter().enumerate() {
@@ -366,7 +390,12 @@ fn bind_plugins(
                     p.name, p.version
                 )));
             };
-            bindings.push(Arc::new(Binding::new(reg.engine().clone(), loaded, p)));
+            bindings.push(Arc::new(Binding::new(
+                reg.engine().clone(),
+                loaded,
+                p,
+                services.clone(),
+            )));
         }
         chains.push(Chain {
             plugins: bindings.into(),

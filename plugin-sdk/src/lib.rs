@@ -272,6 +272,167 @@ pub trait Plugin {
     }
 }
 
+/// A call to an upstream the route grants this plugin (`upstreams = [...]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    /// Upstream name.
+    pub upstream: String,
+    /// Method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Option<Vec<u8>>,
+    /// Limit for this call (default: the upstream's `request_timeout`).
+    pub timeout: Option<std::time::Duration>,
+}
+
+impl Call {
+    /// `GET path` on `upstream`.
+    pub fn get(upstream: &str, path: &str) -> Call {
+        Call {
+            upstream: upstream.into(),
+            method: "GET".into(),
+            path: path.into(),
+            headers: Vec::new(),
+            body: None,
+            timeout: None,
+        }
+    }
+
+    /// `POST path` on `upstream` with a body.
+    pub fn post(upstream: &str, path: &str, body: impl Into<Vec<u8>>) -> Call {
+        Call {
+            method: "POST".into(),
+            body: Some(body.into()),
+            ..Call::get(upstream, path)
+        }
+    }
+
+    /// Add a header.
+    pub fn header(mut self, name: &str, value: &str) -> Call {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Limit this call.
+    pub fn timeout(mut self, t: std::time::Duration) -> Call {
+        self.timeout = Some(t);
+        self
+    }
+}
+
+/// An upstream's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// Status.
+    pub status: u16,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The body parsed as JSON.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| Error(format!("upstream body is not the expected JSON: {e}")))
+    }
+
+    /// First value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why an upstream call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// The route does not grant this upstream to the plugin.
+    NotGranted(String),
+    /// The request was malformed.
+    Invalid(String),
+    /// No healthy endpoint.
+    Unavailable(String),
+    /// It did not finish in time.
+    Timeout,
+    /// Connection or protocol failure.
+    Failed(String),
+    /// The response exceeded what a plugin may receive.
+    TooLarge,
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::NotGranted(u) => write!(f, "upstream {u:?} is not granted to this plugin"),
+            CallError::Invalid(s) => write!(f, "invalid call: {s}"),
+            CallError::Unavailable(s) => write!(f, "unavailable: {s}"),
+            CallError::Timeout => f.write_str("timed out"),
+            CallError::Failed(s) => write!(f, "failed: {s}"),
+            CallError::TooLarge => f.write_str("response too large"),
+        }
+    }
+}
+
+impl From<CallError> for Error {
+    fn from(e: CallError) -> Self {
+        Error(e.to_string())
+    }
+}
+
+/// Make one upstream call.
+pub fn call(c: Call) -> Result<Reply, CallError> {
+    sys::services::call(c)
+}
+
+/// Make several upstream calls; the gateway runs them concurrently and the
+/// results come back in order.
+pub fn call_all(calls: Vec<Call>) -> Vec<Result<Reply, CallError>> {
+    sys::services::call_batch(calls)
+}
+
+/// A shared counter after an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterValue {
+    /// Value after the update.
+    pub value: i64,
+    /// Time until its window ends.
+    pub reset_in: std::time::Duration,
+}
+
+/// Add `delta` to this plugin's counter `key`, in a fixed window.
+pub fn counter_add(key: &str, delta: i64, window: std::time::Duration) -> CounterValue {
+    let (value, left) = sys::services::counter_add(key, delta, window.as_millis() as u64);
+    CounterValue {
+        value,
+        reset_in: std::time::Duration::from_millis(left),
+    }
+}
+
+/// Verify a JWT natively in the gateway with the key set `keys` (granted by
+/// the route); its claims on success.
+pub fn verify_jwt(token: &str, keys: &str) -> Result<serde_json::Value, Error> {
+    let claims = sys::services::verify_jwt(token, keys).map_err(Error)?;
+    Ok(serde_json::from_str(&claims)?)
+}
+
+/// Add to a counter this plugin names (exported as a Prometheus metric).
+pub fn metric_counter(name: &str, value: u64) {
+    sys::services::metric_counter(name, value)
+}
+
+/// Observe a value in a histogram this plugin names.
+pub fn metric_observe(name: &str, value: f64) {
+    sys::services::metric_observe(name, value)
+}
+
 /// This plugin's configuration for the current route, deserialised from the
 /// route's `config = { ... }`.
 pub fn config<T: serde::de::DeserializeOwned>() -> Result<T, Error> {

@@ -101,8 +101,91 @@ pub mod host {
     }
 }
 
+#[cfg(target_arch = "wasm32")]
+pub mod services {
+    use crate::bindings::transom::plugin::{
+        counters as c, metrics as m, tokens as t, upstream as u,
+    };
+    use crate::{Call, CallError, Reply};
+
+    fn to_wit(call: Call) -> u::Outgoing {
+        u::Outgoing {
+            upstream: call.upstream,
+            method: call.method,
+            path: call.path,
+            headers: call.headers,
+            body: call.body,
+            timeout_ms: call
+                .timeout
+                .map(|d| d.as_millis().min(u32::MAX as u128) as u32),
+        }
+    }
+
+    fn from_wit(r: Result<u::Incoming, u::CallError>) -> Result<Reply, CallError> {
+        match r {
+            Ok(i) => Ok(Reply {
+                status: i.status,
+                headers: i.headers,
+                body: i.body,
+            }),
+            Err(u::CallError::NotGranted(s)) => Err(CallError::NotGranted(s)),
+            Err(u::CallError::Invalid(s)) => Err(CallError::Invalid(s)),
+            Err(u::CallError::Unavailable(s)) => Err(CallError::Unavailable(s)),
+            Err(u::CallError::Timeout) => Err(CallError::Timeout),
+            Err(u::CallError::Failed(s)) => Err(CallError::Failed(s)),
+            Err(u::CallError::TooLarge) => Err(CallError::TooLarge),
+        }
+    }
+
+    pub fn call(c: Call) -> Result<Reply, CallError> {
+        from_wit(u::call(&to_wit(c)))
+    }
+    pub fn call_batch(cs: Vec<Call>) -> Vec<Result<Reply, CallError>> {
+        let reqs: Vec<u::Outgoing> = cs.into_iter().map(to_wit).collect();
+        u::call_batch(&reqs).into_iter().map(from_wit).collect()
+    }
+    pub fn counter_add(key: &str, delta: i64, window_ms: u64) -> (i64, u64) {
+        let c = c::add(key, delta, window_ms);
+        (c.value, c.reset_in_ms)
+    }
+    pub fn verify_jwt(token: &str, keys: &str) -> Result<String, String> {
+        t::verify_jwt(token, keys)
+    }
+    pub fn metric_counter(name: &str, v: u64) {
+        m::counter_add(name, v)
+    }
+    pub fn metric_observe(name: &str, v: f64) {
+        m::histogram_observe(name, v)
+    }
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 pub use crate::testing::Level;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod services {
+    use crate::testing::with;
+    use crate::{Call, CallError, Reply};
+
+    pub fn call(c: Call) -> Result<Reply, CallError> {
+        crate::testing::fake_call(c)
+    }
+    pub fn call_batch(cs: Vec<Call>) -> Vec<Result<Reply, CallError>> {
+        cs.into_iter().map(crate::testing::fake_call).collect()
+    }
+    pub fn counter_add(key: &str, delta: i64, window_ms: u64) -> (i64, u64) {
+        with(|h| h.counter_add(key, delta, window_ms))
+    }
+    pub fn verify_jwt(token: &str, keys: &str) -> Result<String, String> {
+        with(|h| h.verify(token, keys))
+    }
+    pub fn metric_counter(name: &str, v: u64) {
+        with(|h| h.metrics.push((name.to_string(), v as f64)))
+    }
+    pub fn metric_observe(name: &str, v: f64) {
+        with(|h| h.metrics.push((name.to_string(), v)))
+    }
+}
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod request {

@@ -10,8 +10,24 @@
 //! ```
 
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
 
-use crate::{Action, Error, Plugin, Request, Response};
+use crate::{Action, Call, CallError, Error, Plugin, Reply, Request, Response};
+
+/// Answers upstream calls in tests.
+pub type UpstreamFn = Arc<dyn Fn(&Call) -> Result<Reply, CallError> + Send + Sync>;
+
+/// Fake upstreams by name.
+#[derive(Clone, Default)]
+pub struct Upstreams(pub HashMap<String, UpstreamFn>);
+
+impl fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
 
 /// Log levels, as in the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +129,16 @@ pub struct TestHost {
     pub now_ms: u64,
     /// Lines the plugin logged.
     pub logs: Vec<(Level, String)>,
+    /// Upstreams the plugin may call, answered by functions.
+    pub upstreams: Upstreams,
+    /// Calls the plugin made, in order.
+    pub calls: Vec<Call>,
+    /// Counters: key → (value, window end in ms on [`TestHost::now_ms`]'s clock).
+    pub counters: HashMap<String, (i64, u64)>,
+    /// Tokens the fake verifier knows: (token, key set) → claims or error.
+    pub tokens: HashMap<(String, String), Result<serde_json::Value, String>>,
+    /// Metrics recorded: (name, value).
+    pub metrics: Vec<(String, f64)>,
 }
 
 impl Default for TestHost {
@@ -161,6 +187,49 @@ impl TestHost {
             body: false,
             now_ms: 1_700_000_000_000,
             logs: Vec::new(),
+            upstreams: Upstreams::default(),
+            calls: Vec::new(),
+            counters: HashMap::new(),
+            tokens: HashMap::new(),
+            metrics: Vec::new(),
+        }
+    }
+
+    /// Answer calls to `name` with `f` (grants the upstream).
+    pub fn upstream(
+        mut self,
+        name: &str,
+        f: impl Fn(&Call) -> Result<Reply, CallError> + Send + Sync + 'static,
+    ) -> TestHost {
+        self.upstreams.0.insert(name.into(), Arc::new(f));
+        self
+    }
+
+    /// Make `token` verify against key set `keys` with these claims
+    /// (signatures are the gateway's job; the harness only maps tokens).
+    pub fn token(mut self, token: &str, keys: &str, claims: serde_json::Value) -> TestHost {
+        self.tokens.insert((token.into(), keys.into()), Ok(claims));
+        self
+    }
+
+    pub(crate) fn counter_add(&mut self, key: &str, delta: i64, window_ms: u64) -> (i64, u64) {
+        let now = self.now_ms;
+        let entry = self
+            .counters
+            .entry(key.to_string())
+            .or_insert((0, now + window_ms));
+        if entry.1 <= now {
+            *entry = (0, now + window_ms);
+        }
+        entry.0 = entry.0.saturating_add(delta);
+        (entry.0, entry.1 - now)
+    }
+
+    pub(crate) fn verify(&self, token: &str, keys: &str) -> Result<String, String> {
+        match self.tokens.get(&(token.to_string(), keys.to_string())) {
+            Some(Ok(claims)) => Ok(claims.to_string()),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err("invalid token: unknown to the test host".into()),
         }
     }
 
@@ -298,4 +367,18 @@ pub(crate) fn set_header(
 
 pub(crate) fn remove_header(headers: &mut Vec<(String, String)>, name: &str) {
     headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+}
+
+/// An upstream call made against the fake host: recorded, then answered by
+/// the function registered for its upstream (outside the host borrow, so the
+/// function may itself inspect anything it captured).
+pub(crate) fn fake_call(c: Call) -> Result<Reply, CallError> {
+    let f = with(|h| {
+        h.calls.push(c.clone());
+        h.upstreams.0.get(&c.upstream).cloned()
+    });
+    match f {
+        Some(f) => f(&c),
+        None => Err(CallError::NotGranted(c.upstream.clone())),
+    }
 }

@@ -34,6 +34,8 @@ pub struct Config {
     pub plugins: Option<PluginsConfig>,
     /// All upstreams by name.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Key sets by name (paths resolved).
+    pub keys: BTreeMap<String, KeySetConfig>,
     /// All frontends by name.
     pub frontends: BTreeMap<String, FrontendConfig>,
     /// Directories to watch for changes: those of every file read and of
@@ -148,6 +150,7 @@ impl Config {
             "server": self.server,
             "plugins": self.plugins,
             "upstreams": self.upstreams,
+            "keys": self.keys,
             "frontends": frontends,
         })
     }
@@ -158,6 +161,7 @@ impl Config {
 struct Origins {
     upstreams: BTreeMap<String, usize>,
     frontends: BTreeMap<String, usize>,
+    keys: BTreeMap<String, usize>,
     admin: Option<usize>,
     plugins: Option<usize>,
 }
@@ -271,6 +275,7 @@ impl Loader {
         let mut plugins: Option<PluginsConfig> = None;
         let mut upstreams = BTreeMap::new();
         let mut frontends = BTreeMap::new();
+        let mut keys = BTreeMap::new();
         let parsed = std::mem::take(&mut self.parsed);
         for (i, file) in parsed.into_iter().enumerate() {
             if let Some(a) = file.admin {
@@ -328,6 +333,27 @@ impl Loader {
                 origins.upstreams.insert(name.clone(), i);
                 upstreams.insert(name, u);
             }
+            for (name, mut k) in file.keys {
+                if let Some(&prev) = origins.keys.get(&name) {
+                    let other = self.files[prev].path.display().to_string();
+                    self.error_at(
+                        i,
+                        &[Seg::key("keys"), Seg::key(&name)],
+                        format!("key set {name:?} is already defined in {other}"),
+                    );
+                    continue;
+                }
+                let dir = self.files[i]
+                    .path
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default();
+                k.pem = k.pem.map(|p| dir.join(p));
+                k.secret_file = k.secret_file.map(|p| dir.join(p));
+                k.jwks = k.jwks.map(|p| dir.join(p));
+                origins.keys.insert(name.clone(), i);
+                keys.insert(name, k);
+            }
             for (name, f) in file.frontends {
                 if let Some(&prev) = origins.frontends.get(&name) {
                     let other = self.files[prev].path.display().to_string();
@@ -352,6 +378,7 @@ impl Loader {
             server: server.unwrap_or_default(),
             plugins,
             upstreams,
+            keys,
             frontends,
         };
         let mut errors = self.errors;

@@ -28,6 +28,9 @@ pub struct FileConfig {
     /// Named upstream clusters.
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Named key sets for token verification by plugins.
+    #[serde(default)]
+    pub keys: BTreeMap<String, KeySetConfig>,
     /// Named frontends: each is its own gateway with its own listener.
     #[serde(default)]
     pub frontends: BTreeMap<String, FrontendConfig>,
@@ -118,6 +121,12 @@ pub struct PluginRef {
     /// `reuse` keeps instances in a pool; `per-request` gives every request a fresh one.
     #[serde(default)]
     pub instance: InstanceMode,
+    /// Upstreams the plugin may call.
+    #[serde(default)]
+    pub upstreams: Vec<String>,
+    /// Key sets the plugin may verify tokens with.
+    #[serde(default)]
+    pub keys: Vec<String>,
 }
 
 impl PluginRef {
@@ -134,6 +143,29 @@ impl PluginRef {
             .as_ref()
             .and_then(|c| serde_json::to_string(c).ok())
             .unwrap_or_else(|| "{}".to_string())
+    }
+}
+
+/// `[keys.NAME]`: keys a plugin may verify tokens with (when granted).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySetConfig {
+    /// PEM file with one public key (RSA, EC or Ed25519).
+    pub pem: Option<PathBuf>,
+    /// File holding an HMAC secret (its bytes, trailing newline removed).
+    pub secret_file: Option<PathBuf>,
+    /// JWKS document (JSON) with one or more public keys, chosen by `kid`.
+    pub jwks: Option<PathBuf>,
+    /// Algorithms accepted with these keys, e.g. `["RS256"]`.
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf` (at most 5 minutes).
+    #[serde(default = "KeySetConfig::default_leeway")]
+    pub leeway: Duration,
+}
+
+impl KeySetConfig {
+    fn default_leeway() -> Duration {
+        Duration::from_secs(30)
     }
 }
 

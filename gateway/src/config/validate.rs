@@ -39,6 +39,38 @@ pub(super) fn validate(config: &mut Config, origins: &Origins) -> Vec<Problem> {
         .collect();
     let upstream_names: BTreeSet<String> = config.upstreams.keys().cloned().collect();
     let plugins = config.plugins.clone();
+    let key_names: BTreeSet<String> = config.keys.keys().cloned().collect();
+    for (name, ks) in &config.keys {
+        let file = origins.keys.get(name).copied().unwrap_or(0);
+        let base = vec![k("keys"), k(name)];
+        let at = |f: &str| {
+            let mut v = base.clone();
+            v.push(k(f));
+            v
+        };
+        let sources = [
+            ks.pem.is_some(),
+            ks.secret_file.is_some(),
+            ks.jwks.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if sources != 1 {
+            problems.push((
+                file,
+                base.clone(),
+                "set exactly one of pem, secret_file and jwks".into(),
+            ));
+            continue;
+        }
+        if ks.leeway.get() > std::time::Duration::from_secs(300) {
+            problems.push((file, at("leeway"), "at most 5 minutes".into()));
+        }
+        if let Err((field, why)) = crate::plugin::keys::KeySet::load(ks) {
+            problems.push((file, at(field), why));
+        }
+    }
     if let Some(p) = &plugins {
         let file = origins.plugins.unwrap_or(0);
         if !p.dir.is_dir() {
@@ -334,6 +366,22 @@ pub(super) fn validate(config: &mut Config, origins: &Origins) -> Vec<Problem> {
                 }
                 if p.timeout.get().is_zero() {
                     cx.err(&at("timeout"), "must be greater than zero");
+                }
+                for (g, u) in p.upstreams.iter().enumerate() {
+                    if !upstream_names.contains(u) {
+                        cx.err(
+                            &r(&[k("plugins"), Seg::Index(j), k("upstreams"), Seg::Index(g)]),
+                            unknown_upstream(u, &upstream_names),
+                        );
+                    }
+                }
+                for (g, key) in p.keys.iter().enumerate() {
+                    if !key_names.contains(key) {
+                        cx.err(
+                            &r(&[k("plugins"), Seg::Index(j), k("keys"), Seg::Index(g)]),
+                            format!("unknown key set {key:?}; define it as [keys.{key}]"),
+                        );
+                    }
                 }
                 if p.memory.bytes() < 1 << 20 || p.memory > pc.max_memory {
                     cx.err(

@@ -14,9 +14,15 @@ mod generated {
 pub use generated::FilterPlugin;
 pub use generated::FilterPluginPre;
 pub use generated::exports::transom::plugin::filter::{Answer, Decision, PhaseFlags as Phases};
+pub use generated::transom::plugin::counters::{Counter, Host as CountersApi};
 pub use generated::transom::plugin::host::{Host as HostServices, Level};
+pub use generated::transom::plugin::metrics::Host as MetricsApi;
 pub use generated::transom::plugin::request::Host as RequestApi;
 pub use generated::transom::plugin::response::Host as ResponseApi;
+pub use generated::transom::plugin::tokens::Host as TokensApi;
+pub use generated::transom::plugin::upstream::{
+    CallError, Host as UpstreamApi, Incoming, Outgoing,
+};
 
 /// Add the gateway's imports to a linker.
 pub fn add_to_linker<T>(
@@ -24,16 +30,24 @@ pub fn add_to_linker<T>(
     get: fn(&mut T) -> &mut T,
 ) -> wasmtime::Result<()>
 where
-    T: RequestApi + ResponseApi + HostServices + Send + 'static,
+    T: RequestApi
+        + ResponseApi
+        + HostServices
+        + UpstreamApi
+        + CountersApi
+        + TokensApi
+        + MetricsApi
+        + Send
+        + 'static,
 {
-    generated::transom::plugin::request::add_to_linker::<T, wasmtime::component::HasSelf<T>>(
-        linker, get,
-    )?;
-    generated::transom::plugin::response::add_to_linker::<T, wasmtime::component::HasSelf<T>>(
-        linker, get,
-    )?;
-    generated::transom::plugin::host::add_to_linker::<T, wasmtime::component::HasSelf<T>>(
-        linker, get,
-    )?;
+    use generated::transom::plugin as p;
+    use wasmtime::component::HasSelf;
+    p::request::add_to_linker::<T, HasSelf<T>>(linker, get)?;
+    p::response::add_to_linker::<T, HasSelf<T>>(linker, get)?;
+    p::host::add_to_linker::<T, HasSelf<T>>(linker, get)?;
+    p::upstream::add_to_linker::<T, HasSelf<T>>(linker, get)?;
+    p::counters::add_to_linker::<T, HasSelf<T>>(linker, get)?;
+    p::tokens::add_to_linker::<T, HasSelf<T>>(linker, get)?;
+    p::metrics::add_to_linker::<T, HasSelf<T>>(linker, get)?;
     Ok(())
 }

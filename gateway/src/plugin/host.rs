@@ -13,7 +13,11 @@ use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{HostServices, Level, RequestApi, ResponseApi};
+use super::bindings::{
+    CallError, Counter, CountersApi, HostServices, Incoming, Level, MetricsApi, Outgoing,
+    RequestApi, ResponseApi, TokensApi, UpstreamApi,
+};
+use super::services::Services;
 
 /// The request as plugins see and change it.
 #[derive(Debug)]
@@ -45,15 +49,25 @@ pub struct ResponseState {
     pub body: Option<Bytes>,
 }
 
-/// Who a store belongs to, for logs.
-#[derive(Debug, Clone)]
+/// Who a store belongs to and what its route grants it.
+#[derive(Clone)]
 pub struct Identity {
     /// `name@version`.
     pub plugin: Arc<str>,
+    /// Plugin name.
+    pub name: Arc<str>,
+    /// Plugin version.
+    pub version: Arc<str>,
     /// The route's configuration for the plugin, as JSON.
     pub config: Arc<str>,
     /// Whether this binding may see bodies.
     pub body: bool,
+    /// Upstreams it may call.
+    pub upstreams: Arc<[String]>,
+    /// Key sets it may verify with.
+    pub keys: Arc<[String]>,
+    /// The gateway's services.
+    pub services: Arc<Services>,
 }
 
 /// Store data of one plugin instance.
@@ -406,5 +420,158 @@ impl HostServices for Ctx {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0))
+    }
+}
+
+/// Most bytes of an upstream response handed to a plugin.
+const MAX_CALL_BODY: usize = 8 << 20;
+/// Most calls in one batch.
+const MAX_BATCH: usize = 32;
+
+/// One upstream call on behalf of a plugin (granted names only).
+async fn call_upstream(id: Identity, req: Outgoing) -> Result<Incoming, CallError> {
+    use http_body_util::BodyExt;
+
+    if !id.upstreams.contains(&req.upstream) {
+        return Err(CallError::NotGranted(req.upstream));
+    }
+    let Some(upstream) = id.services.upstreams.get(&req.upstream).cloned() else {
+        return Err(CallError::NotGranted(req.upstream));
+    };
+    let method = Method::from_bytes(req.method.as_bytes())
+        .map_err(|_| CallError::Invalid(format!("{:?} is not an HTTP method", req.method)))?;
+    if !req.path.starts_with('/') {
+        return Err(CallError::Invalid(format!(
+            "{:?} does not start with '/'",
+            req.path
+        )));
+    }
+    let path_and_query = req
+        .path
+        .parse::<http::uri::PathAndQuery>()
+        .map_err(|_| CallError::Invalid(format!("{:?} is not a valid path", req.path)))?;
+    let mut headers = HeaderMap::new();
+    for (k, v) in &req.headers {
+        let (n, v) = header_pair(k, v).map_err(CallError::Invalid)?;
+        if !reserved(&n) {
+            headers.append(n, v);
+        }
+    }
+    if !headers.contains_key(http::header::HOST)
+        && let Ok(h) = HeaderValue::from_str(&req.upstream)
+    {
+        headers.insert(http::header::HOST, h);
+    }
+    let body = req.body.map(|b| crate::body::full(Bytes::from(b)));
+    let timeout = req
+        .timeout_ms
+        .map(|ms| std::time::Duration::from_millis(u64::from(ms)))
+        .unwrap_or_else(|| upstream.config.request_timeout.get());
+    let out = crate::upstream::Outbound {
+        method,
+        path_and_query,
+        headers,
+        body,
+    };
+    let started = std::time::Instant::now();
+    let answer = upstream.send(out, timeout).await.map_err(|e| match e {
+        crate::upstream::UpstreamError::NoHealthyEndpoint(_) => {
+            CallError::Unavailable(e.to_string())
+        }
+        crate::upstream::UpstreamError::Timeout(_) => CallError::Timeout,
+        other => CallError::Failed(other.to_string()),
+    })?;
+    let (parts, body) = answer.response.into_parts();
+    let remaining = timeout.saturating_sub(started.elapsed());
+    let limited = http_body_util::Limited::new(body, MAX_CALL_BODY);
+    let collected = match tokio::time::timeout(remaining, limited.collect()).await {
+        Err(_) => return Err(CallError::Timeout),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(CallError::TooLarge);
+        }
+        Ok(Err(e)) => return Err(CallError::Failed(format!("reading the body: {e}"))),
+        Ok(Ok(c)) => c.to_bytes(),
+    };
+    Ok(Incoming {
+        status: parts.status.as_u16(),
+        headers: all_headers(&parts.headers),
+        body: collected.to_vec(),
+    })
+}
+
+impl UpstreamApi for Ctx {
+    async fn call(&mut self, req: Outgoing) -> wasmtime::Result<Result<Incoming, CallError>> {
+        Ok(call_upstream(self.id.clone(), req).await)
+    }
+
+    async fn call_batch(
+        &mut self,
+        reqs: Vec<Outgoing>,
+    ) -> wasmtime::Result<Vec<Result<Incoming, CallError>>> {
+        if reqs.len() > MAX_BATCH {
+            return Ok(reqs
+                .into_iter()
+                .map(|_| {
+                    Err(CallError::Invalid(format!(
+                        "at most {MAX_BATCH} calls per batch"
+                    )))
+                })
+                .collect());
+        }
+        let calls = reqs.into_iter().map(|r| call_upstream(self.id.clone(), r));
+        Ok(futures_util::future::join_all(calls).await)
+    }
+}
+
+impl CountersApi for Ctx {
+    async fn add(&mut self, key: String, delta: i64, window_ms: u64) -> wasmtime::Result<Counter> {
+        // Counters are per plugin: one plugin cannot read or move another's.
+        let key = format!("{}/{key}", self.id.name);
+        let window = std::time::Duration::from_millis(window_ms.clamp(1, 30 * 24 * 3600 * 1000));
+        let (value, left) = self.id.services.counters.add(key, delta, window);
+        Ok(Counter {
+            value,
+            reset_in_ms: left.as_millis() as u64,
+        })
+    }
+}
+
+impl TokensApi for Ctx {
+    async fn verify_jwt(
+        &mut self,
+        token: String,
+        keys: String,
+    ) -> wasmtime::Result<Result<String, String>> {
+        if !self.id.keys.contains(&keys) {
+            return Ok(Err(format!(
+                "key set {keys:?} is not granted to this plugin"
+            )));
+        }
+        let Some(set) = self.id.services.keys.get(&keys) else {
+            return Ok(Err(format!(
+                "key set {keys:?} is not granted to this plugin"
+            )));
+        };
+        Ok(set.verify(&token))
+    }
+}
+
+impl MetricsApi for Ctx {
+    async fn counter_add(&mut self, name: String, value: u64) -> wasmtime::Result<()> {
+        self.id
+            .services
+            .metrics
+            .counter_add(&self.id.name, &self.id.version, &name, value);
+        Ok(())
+    }
+
+    async fn histogram_observe(&mut self, name: String, value: f64) -> wasmtime::Result<()> {
+        if value.is_finite() {
+            self.id
+                .services
+                .metrics
+                .observe(&self.id.name, &self.id.version, &name, value);
+        }
+        Ok(())
     }
 }

@@ -13,7 +13,9 @@
 
 pub mod bindings;
 mod host;
+pub mod keys;
 mod registry;
+pub mod services;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,6 +26,7 @@ use wasmtime::{Config, Engine, PoolingAllocationConfig, Store};
 
 pub use bindings::{Answer, Decision, Phases};
 pub use host::{RequestState, ResponseState};
+pub use services::{Counters, PluginMetrics, Services};
 
 pub use registry::{CheckReport, LoadedPlugin, Registry, SyncReport, check_file};
 
@@ -198,13 +201,23 @@ pub struct Binding {
 }
 
 impl Binding {
-    /// Bind `plugin` with the settings of `r`.
-    pub fn new(engine: Arc<PluginEngine>, plugin: Arc<LoadedPlugin>, r: &PluginRef) -> Binding {
+    /// Bind `plugin` with the settings and grants of `r`.
+    pub fn new(
+        engine: Arc<PluginEngine>,
+        plugin: Arc<LoadedPlugin>,
+        r: &PluginRef,
+        services: Arc<Services>,
+    ) -> Binding {
         Binding {
             id: Identity {
                 plugin: plugin.id.clone(),
+                name: plugin.name.as_str().into(),
+                version: plugin.version.to_string().into(),
                 config: r.config_json().into(),
                 body: r.body,
+                upstreams: r.upstreams.clone().into(),
+                keys: r.keys.clone().into(),
+                services,
             },
             timeout: r.timeout.get(),
             memory: r.memory.bytes() as usize,
@@ -415,13 +428,24 @@ async fn probe_phases(
     pre: &FilterPluginPre<Ctx>,
     id: Arc<str>,
 ) -> Result<Phases, String> {
+    let services = Arc::new(Services {
+        upstreams: Default::default(),
+        keys: Default::default(),
+        counters: Default::default(),
+        metrics: Default::default(),
+    });
     let mut store = Store::new(
         &engine.engine,
         Ctx::new(
             Identity {
+                name: id.clone(),
+                version: id.clone(),
                 plugin: id,
                 config: "{}".into(),
                 body: false,
+                upstreams: Arc::from(Vec::new()),
+                keys: Arc::from(Vec::new()),
+                services,
             },
             16 << 20,
         ),
