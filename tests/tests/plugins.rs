@@ -629,3 +629,41 @@ async fn plugin_check_reports_phases_and_contract_version() {
         .to_string();
     assert!(err.contains("not a WebAssembly file"), "{err}");
 }
+
+#[tokio::test]
+async fn the_sandbox_grants_env_and_directories_only_when_asked() {
+    let up = TestUpstream::start("u").await;
+    let dir = TempDir::new();
+    install_plugin(&dir.path().join("plugins"), "fixture_kit", "kit@1.0.0");
+    dir.write("data/motto.txt", "granted\n");
+    // The gateway's own environment never leaks in.
+    let root = dir.write(
+        "transom.toml",
+        &config(
+            &up,
+            r#"
+[[frontends.web.routes]]
+match = { path_prefix = "/closed" }
+upstream = "u"
+plugins = [{ name = "kit", version = "1.0.0", config = { read_env = "HOME", read_file = "/data/motto.txt" } }]
+
+[[frontends.web.routes]]
+match = { path_prefix = "/open" }
+upstream = "u"
+plugins = [{ name = "kit", version = "1.0.0", env = { MOTTO = "hi" }, dirs = [{ host = "data", guest = "/data" }], config = { read_env = "MOTTO", read_file = "/data/motto.txt" } }]
+"#,
+        ),
+    );
+    let gw = TestGateway::start_in(dir, root).await.unwrap();
+    let addr = gw.addr("web").await;
+    let closed = call(addr, "GET", "/closed", &[], "").await;
+    assert_eq!(closed.header("x-env"), Some("<unset>"));
+    assert!(
+        closed.header("x-file").unwrap().starts_with("<error"),
+        "{:?}",
+        closed.header("x-file")
+    );
+    let open = call(addr, "GET", "/open", &[], "").await;
+    assert_eq!(open.header("x-env"), Some("hi"));
+    assert_eq!(open.header("x-file"), Some("granted"));
+}

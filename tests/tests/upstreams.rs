@@ -288,3 +288,146 @@ async fn concurrent_load_over_pooled_connections() {
     }
     assert_eq!(ok.load(Ordering::SeqCst), 800);
 }
+
+/// An HTTP/1.1 upstream that answers each request with keep-alive, then
+/// silently closes the connection 50 ms later, as an upstream with a short
+/// idle timeout does. Returns its address and a counter of connections.
+async fn closing_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counter = conns.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Dropping the socket closes it: the pooled connection is stale.
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[tokio::test]
+async fn a_stale_pooled_connection_is_replaced_without_an_error() {
+    let (addr, conns) = closing_upstream().await;
+    let gw = TestGateway::start(&gw_toml(&format!(
+        r#"endpoints = ["{addr}"]
+retries = {{ attempts = 0 }}"#
+    )))
+    .await;
+    let front = gw.addr("web").await;
+    let c = client();
+    for i in 0..5 {
+        let r = hit(&c, front, "/").await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(r.text(), "ok");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        5,
+        "each request needed a new connection"
+    );
+}
+
+#[tokio::test]
+async fn https_upstream_with_a_private_ca() {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let dir = TempDir::new();
+    let ca = dir.write("ca.pem", &ck.cert.pem());
+    let mut server_cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![ck.cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap(),
+    )
+    .unwrap();
+    server_cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let alpn = tls
+                    .get_ref()
+                    .1
+                    .alpn_protocol()
+                    .map(|p| String::from_utf8_lossy(p).into_owned());
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let body =
+                            format!("tls {:?} {:?} {}", req.version(), alpn, req.uri().path());
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                Bytes::from(body),
+                            )))
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .await;
+            });
+        }
+    });
+    for (protocol, want) in [("http1", "HTTP/1.1"), ("http2", "HTTP/2.0")] {
+        let toml = gw_toml(&format!(
+            r#"endpoints = ["localhost:{}"]
+protocol = "{protocol}"
+tls = {{ ca = "{}" }}"#,
+            up.port(),
+            ca.display()
+        ));
+        let gw = TestGateway::start(&toml).await;
+        let r = get(gw.addr("web").await, "/secure").await;
+        assert_eq!(r.status, 200, "{protocol}: {}", r.text());
+        assert!(
+            r.text().starts_with(&format!("tls {want}")),
+            "{protocol}: {}",
+            r.text()
+        );
+        assert!(r.text().ends_with("/secure"));
+    }
+    // A certificate the gateway does not trust is a 502, not a success.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let wrong = dir.write("wrong.pem", &other.cert.pem());
+    let gw = TestGateway::start(&gw_toml(&format!(
+        r#"endpoints = ["localhost:{}"]
+tls = {{ ca = "{}" }}
+retries = {{ attempts = 0 }}"#,
+        up.port(),
+        wrong.display()
+    )))
+    .await;
+    assert_eq!(get(gw.addr("web").await, "/").await.status, 502);
+}

@@ -127,6 +127,26 @@ pub struct PluginRef {
     /// Key sets the plugin may verify tokens with.
     #[serde(default)]
     pub keys: Vec<String>,
+    /// Environment variables the plugin sees (none by default).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Directories the plugin may open (none by default).
+    #[serde(default)]
+    pub dirs: Vec<DirGrant>,
+}
+
+/// `{ host = "data", guest = "/data", writable = false }`: a directory
+/// granted to a plugin.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirGrant {
+    /// Directory on the gateway's machine (relative to the config file).
+    pub host: PathBuf,
+    /// Where the plugin sees it.
+    pub guest: String,
+    /// Whether the plugin may write (read-only by default).
+    #[serde(default)]
+    pub writable: bool,
 }
 
 impl PluginRef {

@@ -210,6 +210,13 @@ pub(super) fn validate(config: &mut Config, origins: &Origins) -> Vec<Problem> {
                 cx.err(&[k("limits"), k(field)], "must be greater than zero");
             }
         }
+        for route in fe.routes.iter_mut() {
+            for p in route.plugins.iter_mut() {
+                for d in p.dirs.iter_mut() {
+                    d.host = cx.dir.join(&d.host);
+                }
+            }
+        }
         let mut route_names = BTreeSet::new();
         for (i, route) in fe.routes.iter().enumerate() {
             let r = |rest: &[Seg]| {
@@ -372,6 +379,32 @@ pub(super) fn validate(config: &mut Config, origins: &Origins) -> Vec<Problem> {
                         cx.err(
                             &r(&[k("plugins"), Seg::Index(j), k("upstreams"), Seg::Index(g)]),
                             unknown_upstream(u, &upstream_names),
+                        );
+                    }
+                }
+                for (g, d) in p.dirs.iter().enumerate() {
+                    if !d.host.is_dir() {
+                        cx.err(
+                            &r(&[
+                                k("plugins"),
+                                Seg::Index(j),
+                                k("dirs"),
+                                Seg::Index(g),
+                                k("host"),
+                            ]),
+                            format!("{} is not a directory", d.host.display()),
+                        );
+                    }
+                    if !d.guest.starts_with('/') {
+                        cx.err(
+                            &r(&[
+                                k("plugins"),
+                                Seg::Index(j),
+                                k("dirs"),
+                                Seg::Index(g),
+                                k("guest"),
+                            ]),
+                            "must be an absolute path like \"/data\"",
                         );
                     }
                 }

@@ -66,6 +66,10 @@ pub struct Identity {
     pub upstreams: Arc<[String]>,
     /// Key sets it may verify with.
     pub keys: Arc<[String]>,
+    /// Environment variables granted.
+    pub env: Arc<[(String, String)]>,
+    /// Directories granted.
+    pub dirs: Arc<[crate::config::DirGrant]>,
     /// The gateway's services.
     pub services: Arc<Services>,
 }
@@ -92,6 +96,20 @@ impl Ctx {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
+        // Only what the route grants: nothing by default.
+        for (k, v) in id.env.iter() {
+            wasi.env(k, v);
+        }
+        for d in id.dirs.iter() {
+            let perms = if d.writable {
+                wasmtime_wasi::FsPerms::ReadWrite
+            } else {
+                wasmtime_wasi::FsPerms::ReadOnly
+            };
+            if let Err(e) = wasi.preopened_dir(&d.host, &d.guest, perms) {
+                tracing::warn!(plugin = %id.plugin, dir = %d.host.display(), error = %e, "granted directory unavailable");
+            }
+        }
         Ctx {
             wasi: wasi.build(),
             table: ResourceTable::new(),

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Plugin overhead, in one run against one fast upstream: CPU time per request
+# of the gateway with no plugin, a no-op plugin and a header plugin, in both
+# instance modes; then start-up time with 20 cached plugins.
+#
+#   bench/plugins.sh                 # DURATION=5s CONNS=16 by default
+#
+# The gateway runs pinned to CPU 0 with one worker thread; wrk and the
+# upstream share CPU 1. Compare rows of one run: absolute numbers move
+# between runs on a shared machine, differences within a run much less.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DURATION=${DURATION:-5s}
+CONNS=${CONNS:-16}
+UP_PORT=${UP_PORT:-18180}
+GW_PORT=${GW_PORT:-18181}
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
+trap cleanup EXIT
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need wrk; then apt-get update -qq && apt-get install -y -qq wrk >/dev/null; fi
+
+cd "$ROOT"
+rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
+cargo build --release -q -p transom -p transom-bench
+cargo build --release -q --target wasm32-wasip2 --manifest-path plugins/Cargo.toml
+WASM=plugins/target/wasm32-wasip2/release
+mkdir -p "$TMP/plugins"
+cp "$WASM/fixture_noop.wasm" "$TMP/plugins/noop@1.0.0.wasm"
+cp "$WASM/add_header.wasm" "$TMP/plugins/add-header@1.0.0.wasm"
+
+route() { # path plugin-entry
+  printf '[[frontends.bench.routes]]\nmatch = { path_prefix = "%s" }\nupstream = "bench"\n%s\n\n' "$1" "$2"
+}
+{
+  printf '[plugins]\ndir = "plugins"\n\n[upstreams.bench]\nendpoints = ["127.0.0.1:%s"]\n\n[frontends.bench]\nlisten = "127.0.0.1:%s"\n\n' "$UP_PORT" "$GW_PORT"
+  route /none ""
+  for mode in reuse per-request; do
+    route "/noop-$mode" "plugins = [{ name = \"noop\", version = \"1.0.0\", instance = \"$mode\" }]"
+    route "/header-$mode" "plugins = [{ name = \"add-header\", version = \"1.0.0\", instance = \"$mode\", config = { request = { \"x-a\" = \"1\" }, response = { \"x-b\" = \"2\" } } }]"
+  done
+} > "$TMP/transom.toml"
+
+taskset -c 1 target/release/bench-upstream --listen "127.0.0.1:$UP_PORT" >/dev/null 2>&1 & PIDS+=($!)
+RUST_LOG=warn taskset -c 0 target/release/transom run --config "$TMP/transom.toml" --threads 1 >"$TMP/gw.log" 2>&1 & GW=$!; PIDS+=($GW)
+for _ in $(seq 200); do curl -sf -o /dev/null "http://127.0.0.1:$GW_PORT/none" && break; sleep 0.05; done
+curl -sf -o /dev/null "http://127.0.0.1:$GW_PORT/none" || { cat "$TMP/gw.log"; exit 1; }
+
+cpu() { awk '{print $14 + $15}' "/proc/$GW/stat"; }
+printf '\n%-22s %12s %12s %14s %12s\n' route requests/s "p99 ms" "cpu us/req" "added us"
+base=""
+for path in /none /noop-reuse /header-reuse /noop-per-request /header-per-request; do
+  url="http://127.0.0.1:$GW_PORT$path"
+  taskset -c 1 wrk -t1 -c"$CONNS" -d2s "$url" >/dev/null
+  t0=$(cpu)
+  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$url")
+  t1=$(cpu)
+  reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+  us=$(python3 -c "print(round(($t1-$t0)*1e6/100/$reqs, 2))")
+  [[ -z "$base" ]] && base=$us
+  added=$(python3 -c "print(round($us-$base, 2))")
+  printf '%-22s %12s %12s %14s %12s\n' "$path" "$rps" "$p99" "$us" "$added"
+done
+kill "$GW"; wait "$GW" 2>/dev/null || true
+
+# Start-up with 20 plugins: first start compiles and fills the cache, the
+# second loads from it. Time until the listener answers.
+for i in $(seq 0 19); do cp "$WASM/add_header.wasm" "$TMP/plugins/add-header@2.0.$i.wasm"; done
+startup() {
+  local start end
+  start=$(date +%s%N)
+  RUST_LOG=warn taskset -c 0 target/release/transom run --config "$TMP/transom.toml" --threads 1 >"$TMP/gw.log" 2>&1 & GW=$!; PIDS+=($GW)
+  until curl -sf -o /dev/null "http://127.0.0.1:$GW_PORT/none"; do sleep 0.005; done
+  end=$(date +%s%N)
+  kill "$GW"; wait "$GW" 2>/dev/null || true
+  echo $(( (end - start) / 1000000 ))
+}
+rm -rf "$TMP/plugins/.cache"
+cold=$(startup)
+warm=$(startup)
+printf '\nstart-up with 22 plugins: %s ms compiling (empty cache), %s ms from the cache\n' "$cold" "$warm"
