@@ -435,8 +435,39 @@ pub fn metric_observe(name: &str, value: f64) {
 
 /// This plugin's configuration for the current route, deserialised from the
 /// route's `config = { ... }`.
-pub fn config<T: serde::de::DeserializeOwned>() -> Result<T, Error> {
-    Ok(serde_json::from_str(&sys::host::config())?)
+///
+/// An instance only ever serves one route's plugin entry, so in the gateway
+/// the parsed value is cached per instance and type: a reused instance
+/// parses its configuration once.
+pub fn config<T: serde::de::DeserializeOwned + Clone + 'static>() -> Result<T, Error> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        use std::any::{Any, TypeId};
+        use std::cell::RefCell;
+        use std::collections::HashMap;
+        thread_local! {
+            static CACHE: RefCell<HashMap<TypeId, Box<dyn Any>>> = RefCell::new(HashMap::new());
+        }
+        if let Some(hit) = CACHE.with(|c| {
+            c.borrow()
+                .get(&TypeId::of::<T>())
+                .and_then(|v| v.downcast_ref::<T>())
+                .cloned()
+        }) {
+            return Ok(hit);
+        }
+        let parsed: T = serde_json::from_str(&sys::host::config())?;
+        CACHE.with(|c| {
+            c.borrow_mut()
+                .insert(TypeId::of::<T>(), Box::new(parsed.clone()))
+        });
+        Ok(parsed)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        // Natively, every TestHost run may carry another config: no cache.
+        Ok(serde_json::from_str(&sys::host::config())?)
+    }
 }
 
 /// Write to the gateway's log, tagged with this plugin's name and version.

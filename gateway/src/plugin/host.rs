@@ -76,7 +76,9 @@ pub struct Identity {
 
 /// Store data of one plugin instance.
 pub struct Ctx {
-    wasi: WasiCtx,
+    /// Built on first use: a plugin that never calls WASI (most do not, at
+    /// run time) never pays for it.
+    wasi: Option<WasiCtx>,
     table: ResourceTable,
     pub(super) limits: StoreLimits,
     pub(super) stderr: MemoryOutputPipe,
@@ -90,28 +92,8 @@ const STDERR_CAPACITY: usize = 64 * 1024;
 
 impl Ctx {
     pub(super) fn new(id: Identity, memory: usize) -> Ctx {
-        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
-        let mut wasi = WasiCtx::builder();
-        wasi.stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false);
-        // Only what the route grants: nothing by default.
-        for (k, v) in id.env.iter() {
-            wasi.env(k, v);
-        }
-        for d in id.dirs.iter() {
-            let perms = if d.writable {
-                wasmtime_wasi::FsPerms::ReadWrite
-            } else {
-                wasmtime_wasi::FsPerms::ReadOnly
-            };
-            if let Err(e) = wasi.preopened_dir(&d.host, &d.guest, perms) {
-                tracing::warn!(plugin = %id.plugin, dir = %d.host.display(), error = %e, "granted directory unavailable");
-            }
-        }
         Ctx {
-            wasi: wasi.build(),
+            wasi: None,
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(memory)
@@ -120,7 +102,7 @@ impl Ctx {
                 .memories(4)
                 .trap_on_grow_failure(true)
                 .build(),
-            stderr,
+            stderr: MemoryOutputPipe::new(STDERR_CAPACITY),
             id,
             req: None,
             resp: None,
@@ -152,11 +134,43 @@ impl Ctx {
     }
 }
 
+/// The WASI context of a plugin: stderr kept for error messages, and only
+/// what the route grants: no sockets, no environment, no directories unless
+/// listed.
+fn build_wasi(id: &Identity, stderr: &MemoryOutputPipe) -> WasiCtx {
+    let mut wasi = WasiCtx::builder();
+    wasi.stderr(stderr.clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    for (k, v) in id.env.iter() {
+        wasi.env(k, v);
+    }
+    for d in id.dirs.iter() {
+        let perms = if d.writable {
+            wasmtime_wasi::FsPerms::ReadWrite
+        } else {
+            wasmtime_wasi::FsPerms::ReadOnly
+        };
+        if let Err(e) = wasi.preopened_dir(&d.host, &d.guest, perms) {
+            tracing::warn!(plugin = %id.plugin, dir = %d.host.display(), error = %e, "granted directory unavailable");
+        }
+    }
+    wasi.build()
+}
+
 impl WasiView for Ctx {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let Ctx {
+            wasi,
+            table,
+            id,
+            stderr,
+            ..
+        } = self;
         WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
+            ctx: wasi.get_or_insert_with(|| build_wasi(id, stderr)),
+            table,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use transom_plugin_sdk::{Action, Error, Plugin, Request, Response, export_plugin};
 
-#[derive(serde::Deserialize, Default)]
+#[derive(serde::Deserialize, Default, Clone)]
 #[serde(default, deny_unknown_fields)]
 struct Config {
     request: BTreeMap<String, String>,

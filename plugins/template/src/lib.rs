@@ -3,7 +3,7 @@
 use transom_plugin_sdk::{Action, Answer, Error, Plugin, Request, export_plugin};
 
 /// The plugin's per-route configuration (`config = { ... }` in the route).
-#[derive(serde::Deserialize, Default)]
+#[derive(serde::Deserialize, Default, Clone)]
 #[serde(default, deny_unknown_fields)]
 struct Config {
     /// Requests without this header are refused with 400.
