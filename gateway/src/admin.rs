@@ -171,34 +171,28 @@ async fn plugins_json(gw: &Gateway) -> serde_json::Value {
 /// Plugin counters, in the same exposition (before OpenMetrics' `# EOF`).
 fn plugin_metrics(text: &mut String, reg: &crate::plugin::Registry) {
     use std::fmt::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let plugins = reg.list();
     let mut extra = String::new();
-    let _ = writeln!(
-        extra,
-        "# HELP transom_plugin_calls Calls into a plugin version."
-    );
-    let _ = writeln!(extra, "# TYPE transom_plugin_calls counter");
-    for p in reg.list() {
-        let _ = writeln!(
-            extra,
-            "transom_plugin_calls_total{{plugin=\"{}\",version=\"{}\"}} {}",
-            p.name,
-            p.version,
-            p.calls.load(std::sync::atomic::Ordering::Relaxed)
-        );
-    }
-    let _ = writeln!(
-        extra,
-        "# HELP transom_plugin_errors Failed calls (traps, deadlines, errors)."
-    );
-    let _ = writeln!(extra, "# TYPE transom_plugin_errors counter");
-    for p in reg.list() {
-        let _ = writeln!(
-            extra,
-            "transom_plugin_errors_total{{plugin=\"{}\",version=\"{}\"}} {}",
-            p.name,
-            p.version,
-            p.errors.load(std::sync::atomic::Ordering::Relaxed)
-        );
+    type Read = fn(&crate::plugin::LoadedPlugin) -> &AtomicU64;
+    let series: [(&str, &str, Read); 2] = [
+        ("calls", "Calls into a plugin version.", |p| &p.calls),
+        ("errors", "Failed calls (traps, deadlines, errors).", |p| {
+            &p.errors
+        }),
+    ];
+    for (name, help, value) in series {
+        let _ = writeln!(extra, "# HELP transom_plugin_{name} {help}");
+        let _ = writeln!(extra, "# TYPE transom_plugin_{name} counter");
+        for p in &plugins {
+            let _ = writeln!(
+                extra,
+                "transom_plugin_{name}_total{{plugin=\"{}\",version=\"{}\"}} {}",
+                p.name,
+                p.version,
+                value(p).load(Ordering::Relaxed)
+            );
+        }
     }
     let _ = writeln!(
         extra,

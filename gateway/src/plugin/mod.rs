@@ -307,21 +307,26 @@ impl Binding {
         PluginError::Trap { plugin, reason }
     }
 
+    /// The instance for a call (the held one, a pooled one or a new one),
+    /// with the call counted.
+    async fn enter(&self, held: Option<Held>) -> Result<Instance, PluginError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.plugin.calls.fetch_add(1, Ordering::Relaxed);
+        if let Some(inst) = held.and_then(|mut h| h.inst.take()) {
+            return Ok(inst);
+        }
+        self.instance().await.inspect_err(|_| {
+            self.plugin.errors.fetch_add(1, Ordering::Relaxed);
+        })
+    }
+
     /// Run the request phase on `req`. When the plugin also has a response
     /// phase, its instance comes back as [`Held`] for that phase.
     pub async fn on_request(
         self: &Arc<Self>,
         req: RequestState,
     ) -> Result<(RequestState, Decision, Option<Held>), PluginError> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        let mut inst = match self.instance().await {
-            Ok(i) => i,
-            Err(e) => {
-                self.plugin.errors.fetch_add(1, Ordering::Relaxed);
-                return Err(e);
-            }
-        };
-        self.plugin.calls.fetch_add(1, Ordering::Relaxed);
+        let mut inst = self.enter(None).await?;
         inst.store.data_mut().req = Some(req);
         inst.store.set_epoch_deadline(self.deadline_ticks());
         let result = inst
@@ -377,19 +382,7 @@ impl Binding {
         held: Option<Held>,
         resp: ResponseState,
     ) -> Result<ResponseState, PluginError> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        let held_inst = held.and_then(|mut h| h.inst.take());
-        let mut inst = match held_inst {
-            Some(i) => i,
-            None => match self.instance().await {
-                Ok(i) => i,
-                Err(e) => {
-                    self.plugin.errors.fetch_add(1, Ordering::Relaxed);
-                    return Err(e);
-                }
-            },
-        };
-        self.plugin.calls.fetch_add(1, Ordering::Relaxed);
+        let mut inst = self.enter(held).await?;
         inst.store.data_mut().resp = Some(resp);
         inst.store.set_epoch_deadline(self.deadline_ticks());
         let result = inst
