@@ -39,6 +39,9 @@ struct RunArgs {
     /// Worker threads (default: one per CPU).
     #[arg(long)]
     threads: Option<usize>,
+    /// Do not watch the config files and plugin directory; reload on SIGHUP only.
+    #[arg(long)]
+    no_watch: bool,
 }
 
 #[derive(Subcommand)]
@@ -83,15 +86,19 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run(args) => {
             init_tracing(args.log_format);
-            exit(
-                runtime(args.threads)
-                    .and_then(|rt| rt.block_on(serve(args.config, !args.no_access_log, false))),
-            )
+            exit(runtime(args.threads).and_then(|rt| {
+                rt.block_on(serve(
+                    args.config,
+                    !args.no_access_log,
+                    !args.no_watch,
+                    false,
+                ))
+            }))
         }
         Command::Plugin(PluginCommand::Check { file }) => plugin_check(&file),
         Command::Demo(args) => {
             init_tracing(args.log_format);
-            exit(runtime(None).and_then(|rt| rt.block_on(serve(args.config, true, true))))
+            exit(runtime(None).and_then(|rt| rt.block_on(serve(args.config, true, true, true))))
         }
     }
 }
@@ -256,7 +263,7 @@ fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(b.enable_all().build()?)
 }
 
-async fn serve(config: PathBuf, access_log: bool, demo: bool) -> anyhow::Result<()> {
+async fn serve(config: PathBuf, access_log: bool, watch: bool, demo: bool) -> anyhow::Result<()> {
     if demo {
         transom::demo::start()
             .await
@@ -266,8 +273,10 @@ async fn serve(config: PathBuf, access_log: bool, demo: bool) -> anyhow::Result<
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("cannot start with {}", config.display()))?;
-    if let Err(e) = transom::reload::watch(std::sync::Arc::downgrade(&gw)) {
-        tracing::warn!(error = %e, "config file watching is off; SIGHUP still reloads");
+    if watch {
+        if let Err(e) = transom::reload::watch(std::sync::Arc::downgrade(&gw)) {
+            tracing::warn!(error = %e, "config file watching is off; SIGHUP still reloads");
+        }
     }
     if demo {
         print_demo_help(&gw).await;
@@ -277,8 +286,10 @@ async fn serve(config: PathBuf, access_log: bool, demo: bool) -> anyhow::Result<
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading config");
-                let _ = gw.reload().await;
+                tracing::info!("SIGHUP: reloading config and plugins");
+                if !matches!(gw.reload().await, Ok(true)) {
+                    let _ = gw.reload_plugins().await;
+                }
             }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,

@@ -146,3 +146,70 @@ fn sigterm_lets_the_in_flight_request_finish() {
     assert!(status.success(), "{status:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn sighup_reloads_the_config() {
+    let upstream = slow_upstream(Duration::from_millis(0));
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("transom-cli-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("transom.toml");
+    let write = |prefix: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[upstreams.u]\nendpoints = [\"127.0.0.1:{upstream}\"]\n\
+                 [frontends.web]\nlisten = \"127.0.0.1:{port}\"\n[[frontends.web.routes]]\n\
+                 match = {{ path_prefix = \"{prefix}\" }}\nupstream = \"u\"\n"
+            ),
+        )
+        .unwrap();
+    };
+    write("/old");
+    let mut child = Command::new(BIN)
+        .args(["run", "--no-watch", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            up.elapsed() < Duration::from_secs(10),
+            "gateway did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let get = |path: &str| -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    assert!(get("/new").starts_with("HTTP/1.1 404"));
+    write("/new");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        get("/new").starts_with("HTTP/1.1 404"),
+        "no watcher: nothing changes by itself"
+    );
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !get("/new").starts_with("HTTP/1.1 200") {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
