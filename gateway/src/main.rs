@@ -273,10 +273,8 @@ async fn serve(config: PathBuf, access_log: bool, watch: bool, demo: bool) -> an
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("cannot start with {}", config.display()))?;
-    if watch {
-        if let Err(e) = transom::reload::watch(std::sync::Arc::downgrade(&gw)) {
-            tracing::warn!(error = %e, "config file watching is off; SIGHUP still reloads");
-        }
+    if watch && let Err(e) = transom::reload::watch(std::sync::Arc::downgrade(&gw)) {
+        tracing::warn!(error = %e, "config file watching is off; SIGHUP still reloads");
     }
     if demo {
         print_demo_help(&gw).await;
