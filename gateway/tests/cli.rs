@@ -75,6 +75,26 @@ fn slow_upstream(delay: Duration) -> u16 {
     port
 }
 
+/// Start the binary with `args` and `config`; returns once `port` accepts.
+fn run_gateway(args: &[&str], config: &std::path::Path, port: u16) -> std::process::Child {
+    let child = Command::new(BIN)
+        .args(args)
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            up.elapsed() < Duration::from_secs(10),
+            "gateway did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -107,21 +127,7 @@ fn sigterm_lets_the_in_flight_request_finish() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let up = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            up.elapsed() < Duration::from_secs(10),
-            "gateway did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = run_gateway(&["run", "--config"], &config, port);
     let slow = std::thread::spawn(move || http_get(port));
     std::thread::sleep(Duration::from_millis(200));
     let killed = Command::new("kill")
@@ -166,21 +172,7 @@ fn sighup_reloads_the_config() {
         .unwrap();
     };
     write("/old");
-    let mut child = Command::new(BIN)
-        .args(["run", "--no-watch", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let up = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            up.elapsed() < Duration::from_secs(10),
-            "gateway did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = run_gateway(&["run", "--no-watch", "--config"], &config, port);
     let get = |path: &str| -> String {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
