@@ -213,6 +213,26 @@ fn tls_connector(roots: rustls::RootCertStore, alpn: &[u8]) -> tokio_rustls::Tls
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
 
+/// `GET path` over HTTP/1.1 on an established TLS stream.
+async fn h1_get(
+    tls: tokio_rustls::client::TlsStream<TcpStream>,
+    path: &str,
+) -> http::Response<hyper::body::Incoming> {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+        .send_request(
+            Request::get(path)
+                .header("host", "localhost")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+}
+
 async fn tls_connect(
     addr: SocketAddr,
     connector: &tokio_rustls::TlsConnector,
@@ -284,19 +304,7 @@ upstream = "up"
         .await
         .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let resp = sender
-        .send_request(
-            Request::get("/tls/h1")
-                .header("host", "localhost")
-                .body(Empty::<Bytes>::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let resp = h1_get(tls, "/tls/h1").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), Version::HTTP_11);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -325,19 +333,7 @@ upstream = "up"
     let tls = tls_connect(addr, &tls_connector(roots, b"http/1.1"))
         .await
         .unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let resp = sender
-        .send_request(
-            Request::get("/after")
-                .header("host", "localhost")
-                .body(Empty::<Bytes>::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let resp = h1_get(tls, "/after").await;
     assert_eq!(
         resp.status(),
         200,
