@@ -15,6 +15,12 @@ fn main() {
     for watched in [
         "plugins/Cargo.toml",
         "plugins/add-header",
+        "plugins/aggregate",
+        "plugins/cors",
+        "plugins/jwt-auth",
+        "plugins/rate-limit",
+        "plugins/shape",
+        "plugins/transform",
         "plugins/template",
         "plugins/fixtures",
         "plugin-sdk/src",

@@ -74,6 +74,7 @@ pub struct Gateway {
     root: PathBuf,
     metrics: Arc<Metrics>,
     counters: Arc<crate::plugin::Counters>,
+    buckets: Arc<crate::plugin::services::Buckets>,
     plugin_metrics: Arc<crate::plugin::PluginMetrics>,
     options: Options,
     state: Mutex<State>,
@@ -93,6 +94,7 @@ impl Gateway {
             root: path.as_ref().to_path_buf(),
             metrics: Arc::new(Metrics::default()),
             counters: Arc::default(),
+            buckets: Arc::default(),
             plugin_metrics: Arc::default(),
             options,
             state: Mutex::new(State {
@@ -224,6 +226,7 @@ impl Gateway {
             upstreams: upstreams.clone(),
             keys,
             counters: self.counters.clone(),
+            buckets: self.buckets.clone(),
             metrics: self.plugin_metrics.clone(),
         });
 

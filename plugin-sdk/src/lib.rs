@@ -416,6 +416,42 @@ pub fn counter_add(key: &str, delta: i64, window: std::time::Duration) -> Counte
     }
 }
 
+/// One token bucket for [`take`]: holds up to `capacity` tokens and refills
+/// evenly at `capacity` per `period` ("10 per second": capacity 10, period 1 s).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    /// Bucket name, scoped to this plugin (include the limit's name and the
+    /// client key, e.g. `"per-second/10.0.0.1"`).
+    pub key: String,
+    /// Tokens this request takes (usually 1).
+    pub cost: u64,
+    /// Tokens when full: the burst.
+    pub capacity: u64,
+    /// Time in which an empty bucket refills.
+    pub period: std::time::Duration,
+}
+
+/// A bucket after [`take`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bucket {
+    /// Whether it had `cost` tokens.
+    pub allowed: bool,
+    /// Whole tokens left.
+    pub remaining: u64,
+    /// Until `cost` tokens are there again (zero when allowed).
+    pub retry_after: std::time::Duration,
+    /// Until the bucket is full.
+    pub full_in: std::time::Duration,
+}
+
+/// Take from several shared token buckets at once: tokens are taken only
+/// if every bucket has enough (so a refused request costs nothing). The
+/// buckets live in the gateway and are shared by every instance of this
+/// plugin. Results come back in order.
+pub fn take(limits: &[Limit]) -> Vec<Bucket> {
+    sys::services::take(limits)
+}
+
 /// Verify a JWT natively in the gateway with the key set `keys` (granted by
 /// the route); its claims on success.
 pub fn verify_jwt(token: &str, keys: &str) -> Result<serde_json::Value, Error> {

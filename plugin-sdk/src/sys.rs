@@ -148,6 +148,26 @@ pub mod services {
         let c = c::add(key, delta, window_ms);
         (c.value, c.reset_in_ms)
     }
+    pub fn take(limits: &[crate::Limit]) -> Vec<crate::Bucket> {
+        let wit: Vec<c::Limit> = limits
+            .iter()
+            .map(|l| c::Limit {
+                key: l.key.clone(),
+                cost: l.cost,
+                capacity: l.capacity,
+                period_ms: l.period.as_millis().min(u64::MAX as u128) as u64,
+            })
+            .collect();
+        c::take(&wit)
+            .into_iter()
+            .map(|b| crate::Bucket {
+                allowed: b.allowed,
+                remaining: b.remaining,
+                retry_after: std::time::Duration::from_millis(b.retry_after_ms),
+                full_in: std::time::Duration::from_millis(b.full_in_ms),
+            })
+            .collect()
+    }
     pub fn verify_jwt(token: &str, keys: &str) -> Result<String, String> {
         t::verify_jwt(token, keys)
     }
@@ -175,6 +195,9 @@ pub mod services {
     }
     pub fn counter_add(key: &str, delta: i64, window_ms: u64) -> (i64, u64) {
         with(|h| h.counter_add(key, delta, window_ms))
+    }
+    pub fn take(limits: &[crate::Limit]) -> Vec<crate::Bucket> {
+        with(|h| h.take(limits))
     }
     pub fn verify_jwt(token: &str, keys: &str) -> Result<String, String> {
         with(|h| h.verify(token, keys))

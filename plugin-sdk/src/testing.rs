@@ -135,6 +135,8 @@ pub struct TestHost {
     pub calls: Vec<Call>,
     /// Counters: key → (value, window end in ms on [`TestHost::now_ms`]'s clock).
     pub counters: HashMap<String, (i64, u64)>,
+    /// Token buckets: key → (tokens, last refill in ms on the test clock).
+    pub buckets: HashMap<String, (f64, u64)>,
     /// Tokens the fake verifier knows: (token, key set) → claims or error.
     pub tokens: HashMap<(String, String), Result<serde_json::Value, String>>,
     /// Metrics recorded: (name, value).
@@ -190,6 +192,7 @@ impl TestHost {
             upstreams: Upstreams::default(),
             calls: Vec::new(),
             counters: HashMap::new(),
+            buckets: HashMap::new(),
             tokens: HashMap::new(),
             metrics: Vec::new(),
         }
@@ -223,6 +226,45 @@ impl TestHost {
         }
         entry.0 = entry.0.saturating_add(delta);
         (entry.0, entry.1 - now)
+    }
+
+    /// The gateway's token buckets, on the test clock: all or nothing.
+    pub(crate) fn take(&mut self, limits: &[crate::Limit]) -> Vec<crate::Bucket> {
+        let now = self.now_ms;
+        let rate =
+            |l: &crate::Limit| l.capacity.max(1) as f64 / (l.period.as_millis().max(1) as f64);
+        let levels: Vec<f64> = limits
+            .iter()
+            .map(|l| {
+                let (tokens, at) = self
+                    .buckets
+                    .get(&l.key)
+                    .copied()
+                    .unwrap_or((l.capacity as f64, now));
+                (tokens + now.saturating_sub(at) as f64 * rate(l)).min(l.capacity as f64)
+            })
+            .collect();
+        let all = limits.iter().zip(&levels).all(|(l, v)| *v >= l.cost as f64);
+        limits
+            .iter()
+            .zip(levels)
+            .map(|(l, level)| {
+                let cost = l.cost as f64;
+                let left = if all { level - cost } else { level };
+                self.buckets.insert(l.key.clone(), (left, now));
+                let ms = |x: f64| std::time::Duration::from_millis(x.max(0.0).ceil() as u64);
+                crate::Bucket {
+                    allowed: level >= cost,
+                    remaining: left.max(0.0).floor() as u64,
+                    retry_after: if level >= cost {
+                        std::time::Duration::ZERO
+                    } else {
+                        ms((cost - level) / rate(l))
+                    },
+                    full_in: ms((l.capacity as f64 - left) / rate(l)),
+                }
+            })
+            .collect()
     }
 
     pub(crate) fn verify(&self, token: &str, keys: &str) -> Result<String, String> {

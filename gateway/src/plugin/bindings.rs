@@ -14,7 +14,7 @@ mod generated {
 pub use generated::FilterPlugin;
 pub use generated::FilterPluginPre;
 pub use generated::exports::transom::plugin::filter::{Answer, Decision, PhaseFlags as Phases};
-pub use generated::transom::plugin::counters::{Counter, Host as CountersApi};
+pub use generated::transom::plugin::counters::{Bucket, Counter, Host as CountersApi, Limit};
 pub use generated::transom::plugin::host::{Host as HostServices, Level};
 pub use generated::transom::plugin::metrics::Host as MetricsApi;
 pub use generated::transom::plugin::request::Host as RequestApi;

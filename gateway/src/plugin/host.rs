@@ -14,8 +14,8 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{
-    CallError, Counter, CountersApi, HostServices, Incoming, Level, MetricsApi, Outgoing,
-    RequestApi, ResponseApi, TokensApi, UpstreamApi,
+    Bucket, CallError, Counter, CountersApi, HostServices, Incoming, Level, Limit, MetricsApi,
+    Outgoing, RequestApi, ResponseApi, TokensApi, UpstreamApi,
 };
 use super::services::Services;
 
@@ -565,6 +565,40 @@ impl CountersApi for Ctx {
             value,
             reset_in_ms: left.as_millis() as u64,
         })
+    }
+
+    async fn take(&mut self, limits: Vec<Limit>) -> wasmtime::Result<Vec<Bucket>> {
+        const MAX_LIMITS: usize = 16;
+        if limits.len() > MAX_LIMITS {
+            return Err(wasmtime::format_err!(
+                "take: at most {MAX_LIMITS} buckets per call"
+            ));
+        }
+        let takes: Vec<_> = limits
+            .into_iter()
+            .map(|l| super::services::Take {
+                key: format!("{}/{}", self.id.name, l.key),
+                cost: l.cost,
+                capacity: l.capacity,
+                period: std::time::Duration::from_millis(
+                    l.period_ms.clamp(1, 30 * 24 * 3600 * 1000),
+                ),
+            })
+            .collect();
+        let ms = |d: std::time::Duration| d.as_millis().min(u64::MAX as u128) as u64;
+        Ok(self
+            .id
+            .services
+            .buckets
+            .take(&takes)
+            .into_iter()
+            .map(|t| Bucket {
+                allowed: t.allowed,
+                remaining: t.remaining,
+                retry_after_ms: ms(t.retry_after),
+                full_in_ms: ms(t.full_in),
+            })
+            .collect())
     }
 }
 

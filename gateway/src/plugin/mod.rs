@@ -427,6 +427,7 @@ async fn probe_phases(
         upstreams: Default::default(),
         keys: Default::default(),
         counters: Default::default(),
+        buckets: Default::default(),
         metrics: Default::default(),
     });
     let mut store = Store::new(
