@@ -1,6 +1,7 @@
 //! A route's plugin chain: the request phase runs the plugins in order
-//! (the first that answers ends it), the response phase runs them in
-//! reverse. Bodies are buffered only when a plugin in the chain asked for
+//! (the first that answers ends it, and its answer goes back through the
+//! response phases of the plugins before it), the response phase runs them
+//! in reverse. Bodies are buffered only when a plugin in the chain asked for
 //! them (`body = true`).
 //!
 //! The phase futures own what they use (the request goes in and comes back
@@ -65,7 +66,7 @@ impl Chain {
     ) -> impl Future<Output = Result<(Request<Incoming>, RequestOutcome), ProxyError>> + Send + 'static
     {
         request_phase(
-            self.with(Phases::REQUEST, false),
+            self.plugins.clone(),
             route,
             client_ip,
             req,
@@ -99,16 +100,21 @@ impl Chain {
 }
 
 async fn request_phase(
-    plugins: Vec<Arc<Binding>>,
+    chain: Arc<[Arc<Binding>]>,
     route: Arc<str>,
     client_ip: IpAddr,
     mut req: Request<Incoming>,
     max_body: u64,
 ) -> Result<(Request<Incoming>, RequestOutcome), ProxyError> {
+    let plugins: Vec<(usize, &Arc<Binding>)> = chain
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.phases().contains(Phases::REQUEST))
+        .collect();
     if plugins.is_empty() {
         return Ok((req, RequestOutcome::Forward(None, Instances::default())));
     }
-    let body = if plugins.iter().any(|b| b.body) {
+    let body = if plugins.iter().any(|(_, b)| b.body) {
         Some(read_limited(req.body_mut(), max_body).await?)
     } else {
         None
@@ -123,14 +129,25 @@ async fn request_phase(
         route,
     };
     let mut held = Instances::default();
-    for binding in plugins {
+    for (pos, binding) in plugins {
         let (next, decision, kept) = binding.on_request(state).await.map_err(plugin_error)?;
         state = next;
         if let Some(h) = kept {
             held.0.push((binding.clone(), h));
         }
         if let Decision::Respond(answer) = decision {
+            // The answer goes back through the response phases of the
+            // plugins before this one, as an upstream response would (so a
+            // CORS plugin decorates an auth plugin's 401, a shaping plugin
+            // shapes an aggregation).
             let resp = answer_response(answer, &binding.plugin.id)?;
+            let before: Vec<Arc<Binding>> = chain[..pos]
+                .iter()
+                .rev()
+                .filter(|b| b.phases().contains(Phases::RESPONSE))
+                .cloned()
+                .collect();
+            let resp = response_phase(before, resp, max_body, held).await?;
             return Ok((req, RequestOutcome::Respond(resp)));
         }
     }

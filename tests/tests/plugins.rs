@@ -137,8 +137,9 @@ async fn a_plugin_answer_short_circuits_the_chain_and_the_upstream() {
 [[frontends.web.routes]]
 upstream = "u"
 plugins = [
+  { name = "add-header", version = "1.0.0", config = { response = { "x-first" = "saw the answer" } } },
   { name = "kit", version = "1.0.0", config = { deny_if = "x-deny" } },
-  { name = "add-header", version = "1.0.0", config = { request = { "x-second" = "ran" } } },
+  { name = "add-header", version = "1.0.0", config = { request = { "x-second" = "ran" }, response = { "x-third" = "ran" } } },
 ]
 "#,
     )
@@ -148,6 +149,10 @@ plugins = [
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["denied_by"], "kit");
     assert_eq!(r.header("x-kit"), Some("denied"));
+    // The answer went back through the response phase of the plugin before
+    // the one that answered, and not through the one after it.
+    assert_eq!(r.header("x-first"), Some("saw the answer"));
+    assert_eq!(r.header("x-third"), None);
     assert!(r.header("x-request-id").is_some());
     assert_eq!(up.requests(), 0, "the upstream never saw it");
     // Without the header both plugins run, in order.
