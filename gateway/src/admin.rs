@@ -59,8 +59,9 @@ async fn answer(gw: Weak<Gateway>, req: Request<Incoming>) -> Response<Body> {
         }
         "/metrics" => {
             let mut text = gw.metrics().encode();
-            if let Some(reg) = gw.plugins().await {
-                plugin_metrics(&mut text, &reg);
+            let registries = gw.registries().await;
+            if !registries.is_empty() {
+                plugin_metrics(&mut text, &registries, &gw.memory_budgets().await);
                 let named = gw.plugin_metrics().encode();
                 match text.rfind("# EOF") {
                     Some(at) => text.insert_str(at, &named),
@@ -116,63 +117,82 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 /// Every loaded plugin version: where it is used, when and how fast it
 /// loaded, its calls and failures; and the files that were rejected.
 async fn plugins_json(gw: &Gateway) -> serde_json::Value {
-    let Some(reg) = gw.plugins().await else {
-        return serde_json::json!({ "plugins": [], "rejected": [] });
-    };
     let config = gw.config();
     let mut plugins = Vec::new();
-    for p in reg.list() {
-        let mut used_by = Vec::new();
-        for (fname, f) in &config.frontends {
-            for (i, r) in f.routes.iter().enumerate() {
-                if r.plugins
-                    .iter()
-                    .any(|u| u.name == p.name && u.version == p.version.to_string())
-                {
-                    let rname = r.name.clone().unwrap_or_else(|| format!("route-{i}"));
-                    used_by.push(format!("{fname}/{rname}"));
+    let mut rejected = Vec::new();
+    for reg in gw.registries().await {
+        for p in reg.list() {
+            let mut used_by = Vec::new();
+            for (fname, f) in &config.frontends {
+                if config.plugin_dir(fname) != Some(reg.dir()) {
+                    continue;
+                }
+                for (i, r) in f.routes.iter().enumerate() {
+                    if r.plugins
+                        .iter()
+                        .any(|u| u.name == p.name && u.version == p.version.to_string())
+                    {
+                        let rname = r.name.clone().unwrap_or_else(|| format!("route-{i}"));
+                        used_by.push(format!("{fname}/{rname}"));
+                    }
                 }
             }
+            let loaded_ms = p
+                .loaded_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let mut phases = Vec::new();
+            if p.phases.contains(crate::plugin::Phases::REQUEST) {
+                phases.push("request");
+            }
+            if p.phases.contains(crate::plugin::Phases::RESPONSE) {
+                phases.push("response");
+            }
+            plugins.push(serde_json::json!({
+                "name": p.name,
+                "version": p.version.to_string(),
+                "file": p.file.display().to_string(),
+                "sha256": p.sha256,
+                "phases": phases,
+                "used_by": used_by,
+                "loaded_at_unix_ms": loaded_ms,
+                "load_ms": p.load_time.as_secs_f64() * 1000.0,
+                "from_cache": p.from_cache,
+                "calls": p.calls.load(std::sync::atomic::Ordering::Relaxed),
+                "errors": p.errors.load(std::sync::atomic::Ordering::Relaxed),
+            }));
         }
-        let loaded_ms = p
-            .loaded_at
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let mut phases = Vec::new();
-        if p.phases.contains(crate::plugin::Phases::REQUEST) {
-            phases.push("request");
-        }
-        if p.phases.contains(crate::plugin::Phases::RESPONSE) {
-            phases.push("response");
-        }
-        plugins.push(serde_json::json!({
-            "name": p.name,
-            "version": p.version.to_string(),
-            "file": p.file.display().to_string(),
-            "sha256": p.sha256,
-            "phases": phases,
-            "used_by": used_by,
-            "loaded_at_unix_ms": loaded_ms,
-            "load_ms": p.load_time.as_secs_f64() * 1000.0,
-            "from_cache": p.from_cache,
-            "calls": p.calls.load(std::sync::atomic::Ordering::Relaxed),
-            "errors": p.errors.load(std::sync::atomic::Ordering::Relaxed),
-        }));
+        rejected.extend(
+            reg.failures()
+                .into_iter()
+                .map(|(f, e)| serde_json::json!({ "file": f.display().to_string(), "error": e })),
+        );
     }
-    let rejected: Vec<_> = reg
-        .failures()
+    let budgets: serde_json::Map<String, serde_json::Value> = gw
+        .memory_budgets()
+        .await
         .into_iter()
-        .map(|(f, e)| serde_json::json!({ "file": f.display().to_string(), "error": e }))
+        .map(|(f, b)| {
+            (
+                f,
+                serde_json::json!({ "limit_bytes": b.limit(), "used_bytes": b.used() }),
+            )
+        })
         .collect();
-    serde_json::json!({ "plugins": plugins, "rejected": rejected })
+    serde_json::json!({ "plugins": plugins, "rejected": rejected, "memory_budgets": budgets })
 }
 
 /// Plugin counters, in the same exposition (before OpenMetrics' `# EOF`).
-fn plugin_metrics(text: &mut String, reg: &crate::plugin::Registry) {
+fn plugin_metrics(
+    text: &mut String,
+    registries: &[std::sync::Arc<crate::plugin::Registry>],
+    budgets: &[(String, std::sync::Arc<crate::plugin::MemoryBudget>)],
+) {
     use std::fmt::Write;
     use std::sync::atomic::{AtomicU64, Ordering};
-    let plugins = reg.list();
+    let plugins: Vec<_> = registries.iter().flat_map(|r| r.list()).collect();
+    let failures: usize = registries.iter().map(|r| r.failures().len()).sum();
     let mut extra = String::new();
     type Read = fn(&crate::plugin::LoadedPlugin) -> &AtomicU64;
     let series: [(&str, &str, Read); 2] = [
@@ -187,9 +207,13 @@ fn plugin_metrics(text: &mut String, reg: &crate::plugin::Registry) {
         for p in &plugins {
             let _ = writeln!(
                 extra,
-                "transom_plugin_{name}_total{{plugin=\"{}\",version=\"{}\"}} {}",
+                "transom_plugin_{name}_total{{plugin=\"{}\",version=\"{}\",dir=\"{}\"}} {}",
                 p.name,
                 p.version,
+                p.file
+                    .parent()
+                    .map(|d| d.display().to_string().replace(['\\', '"'], "_"))
+                    .unwrap_or_default(),
                 value(p).load(Ordering::Relaxed)
             );
         }
@@ -199,11 +223,33 @@ fn plugin_metrics(text: &mut String, reg: &crate::plugin::Registry) {
         "# HELP transom_plugin_rejected_files Plugin files that failed to load."
     );
     let _ = writeln!(extra, "# TYPE transom_plugin_rejected_files gauge");
-    let _ = writeln!(
-        extra,
-        "transom_plugin_rejected_files {}",
-        reg.failures().len()
-    );
+    let _ = writeln!(extra, "transom_plugin_rejected_files {failures}");
+    if !budgets.is_empty() {
+        let _ = writeln!(
+            extra,
+            "# HELP transom_plugin_memory_bytes Linear memory held by a frontend's plugin instances."
+        );
+        let _ = writeln!(extra, "# TYPE transom_plugin_memory_bytes gauge");
+        for (f, b) in budgets {
+            let _ = writeln!(
+                extra,
+                "transom_plugin_memory_bytes{{frontend=\"{f}\"}} {}",
+                b.used()
+            );
+        }
+        let _ = writeln!(
+            extra,
+            "# HELP transom_plugin_memory_limit_bytes A frontend's plugin memory budget."
+        );
+        let _ = writeln!(extra, "# TYPE transom_plugin_memory_limit_bytes gauge");
+        for (f, b) in budgets {
+            let _ = writeln!(
+                extra,
+                "transom_plugin_memory_limit_bytes{{frontend=\"{f}\"}} {}",
+                b.limit()
+            );
+        }
+    }
     match text.rfind("# EOF") {
         Some(at) => text.insert_str(at, &extra),
         None => text.push_str(&extra),

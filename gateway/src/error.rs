@@ -29,6 +29,9 @@ pub enum ProxyError {
     /// The upstream did not answer in time.
     #[error("{0}")]
     Timeout(String),
+    /// The frontend has as many requests in flight as its limits allow.
+    #[error("too many requests in flight on this frontend")]
+    Overloaded,
     /// A plugin failed (trap, deadline, memory limit, error).
     #[error("{0}")]
     Plugin(#[from] crate::plugin::PluginError),
@@ -43,7 +46,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadGateway(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Unavailable(_) | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Plugin(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Plugin(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -59,6 +62,10 @@ impl ProxyError {
             if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
                 resp.headers_mut().insert(header::ALLOW, v);
             }
+        }
+        if matches!(self, ProxyError::Overloaded) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if matches!(
             self,

@@ -65,13 +65,7 @@ impl Chain {
         max_body: u64,
     ) -> impl Future<Output = Result<(Request<Incoming>, RequestOutcome), ProxyError>> + Send + 'static
     {
-        request_phase(
-            self.plugins.clone(),
-            route,
-            client_ip,
-            req,
-            max_body,
-        )
+        request_phase(self.plugins.clone(), route, client_ip, req, max_body)
     }
 
     /// Run the response phase, last plugin first.

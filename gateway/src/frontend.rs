@@ -51,6 +51,8 @@ pub struct FrontendRuntime {
     pub open_connections: Gauge,
     /// Whether access-log lines are written.
     pub access_log: bool,
+    /// Permits for requests in flight (`limits.max_concurrent_requests`).
+    pub inflight: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl FrontendRuntime {
@@ -82,6 +84,7 @@ impl FrontendRuntime {
             latency: metrics.latency.get_or_create(&labels).clone(),
             open_connections: metrics.open_connections.get_or_create(&labels).clone(),
             access_log,
+            inflight: None,
         })
     }
 }

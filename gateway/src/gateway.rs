@@ -17,7 +17,7 @@ use crate::config::{Config, ConfigErrors, PluginsConfig};
 use crate::filter::Chain;
 use crate::frontend::{FrontendRuntime, Listener};
 use crate::metrics::Metrics;
-use crate::plugin::{Binding, PluginEngine, Registry};
+use crate::plugin::{Binding, MemoryBudget, PluginEngine, Registry};
 use crate::upstream::Upstream;
 
 /// Why a config could not be applied.
@@ -65,8 +65,15 @@ struct State {
     /// Listeners by frontend name, with the address they were configured with.
     listeners: BTreeMap<String, (SocketAddr, Listener)>,
     upstreams: BTreeMap<String, Arc<Upstream>>,
-    /// The plugin registry, with the settings it was built for.
-    plugins: Option<(PluginsConfig, Arc<Registry>)>,
+    keys: BTreeMap<String, Arc<crate::plugin::keys::KeySet>>,
+    /// The plugin engine, with the settings it was built for.
+    engine: Option<(PluginsConfig, Arc<PluginEngine>)>,
+    /// One registry per plugin directory in use.
+    registries: BTreeMap<PathBuf, Arc<Registry>>,
+    /// Per-frontend plugin memory budgets, kept while their size holds.
+    budgets: BTreeMap<String, Arc<MemoryBudget>>,
+    /// Per-frontend in-flight request limits, kept while their size holds.
+    inflight: BTreeMap<String, (usize, Arc<tokio::sync::Semaphore>)>,
 }
 
 /// A running gateway: every frontend's listener plus the admin listener.
@@ -100,7 +107,11 @@ impl Gateway {
             state: Mutex::new(State {
                 listeners: BTreeMap::new(),
                 upstreams: BTreeMap::new(),
-                plugins: None,
+                keys: BTreeMap::new(),
+                engine: None,
+                registries: BTreeMap::new(),
+                budgets: BTreeMap::new(),
+                inflight: BTreeMap::new(),
             }),
             config: ArcSwap::from_pointee(config.clone()),
             ready: AtomicBool::new(false),
@@ -168,20 +179,43 @@ impl Gateway {
 
     /// Re-read the config from disk and apply it; on failure the old config
     /// keeps serving. Counted in `transom_config_reloads`.
+    ///
+    /// A broken file other than the root is kept at its previous version
+    /// while the other files' changes go live (counted as `partial`).
     pub async fn reload(&self) -> Result<bool, ApplyError> {
-        let result = match Config::load(&self.root) {
-            Ok(config) => {
-                if config.files == self.config.load().files {
+        let previous = self.config.load_full();
+        let mut rejected = Vec::new();
+        let result = match Config::reload(&self.root, &previous) {
+            Ok(r) => {
+                rejected = r.rejected;
+                if r.config.files == previous.files {
+                    if !rejected.is_empty() {
+                        self.metrics.reload_partial();
+                        tracing::error!(
+                            "config change rejected; those files keep their previous version:\n{}",
+                            ConfigErrors(rejected)
+                        );
+                    }
                     return Ok(false);
                 }
-                self.apply(config).await
+                self.apply(r.config).await
             }
             Err(e) => Err(ApplyError::Config(e)),
         };
-        self.metrics.reload(result.is_ok());
         match &result {
-            Ok(()) => tracing::info!("config reloaded"),
+            Ok(()) if rejected.is_empty() => {
+                self.metrics.reload(true);
+                tracing::info!("config reloaded");
+            }
+            Ok(()) => {
+                self.metrics.reload_partial();
+                tracing::error!(
+                    "config reloaded, except for files that keep their previous version:\n{}",
+                    ConfigErrors(rejected)
+                );
+            }
             Err(e) => {
+                self.metrics.reload(false);
                 tracing::error!("config reload rejected; the previous config keeps serving:\n{e}")
             }
         }
@@ -202,39 +236,78 @@ impl Gateway {
             upstreams.insert(name.clone(), up);
         }
 
-        // load plugins (compiled off the request path) and bind them to routes
-        let registry = match &config.plugins {
-            None => None,
-            Some(pc) => {
-                let registry = match &state.plugins {
-                    Some((old, reg)) if old == pc => reg.clone(),
-                    _ => Arc::new(Registry::new(PluginEngine::new(pc)?, pc)),
+        // load plugins (compiled off the request path), one registry per
+        // directory, all on one engine
+        let mut engine = None;
+        let mut registries = BTreeMap::new();
+        if let Some(pc) = &config.plugins {
+            let (e, keep) = match &state.engine {
+                Some((old, e)) if old.same_engine(pc) && old.cache == pc.cache => (e.clone(), true),
+                _ => (PluginEngine::new(pc)?, false),
+            };
+            for dir in config.plugin_dirs() {
+                let reg = match state.registries.get(&dir) {
+                    Some(r) if keep => r.clone(),
+                    _ => Arc::new(Registry::new(e.clone(), pc, &dir)),
                 };
-                registry.sync().await;
-                Some(registry)
+                reg.sync().await;
+                registries.insert(dir, reg);
             }
-        };
+            engine = Some((pc.clone(), e));
+        }
 
+        // key sets: kept across reloads when unchanged (with fetched JWKS)
         let mut keys = BTreeMap::new();
         for (name, kc) in &config.keys {
-            let set = crate::plugin::keys::KeySet::load(kc).map_err(|(field, why)| {
+            if let Some(old) = state.keys.get(name)
+                && old.same(kc, &upstreams)
+            {
+                keys.insert(name.clone(), old.clone());
+                continue;
+            }
+            let mut set = crate::plugin::keys::KeySet::load(kc).map_err(|(field, why)| {
                 ApplyError::Plugin(format!("keys.{name}.{field}: {why}"))
             })?;
+            set.attach(&upstreams);
             keys.insert(name.clone(), Arc::new(set));
         }
         let services = Arc::new(crate::plugin::Services {
             upstreams: upstreams.clone(),
-            keys,
+            keys: keys.clone(),
             counters: self.counters.clone(),
             buckets: self.buckets.clone(),
             metrics: self.plugin_metrics.clone(),
         });
 
-        // build frontend runtimes
+        // build frontend runtimes, each with its own plugins and limits
         let mut runtimes = Vec::new();
+        let mut budgets = BTreeMap::new();
+        let mut inflight = BTreeMap::new();
         for (name, fc) in &config.frontends {
-            let chains = bind_plugins(name, fc, registry.as_deref(), &services)?;
-            let rt = FrontendRuntime::new(
+            let budget = fc.plugins.as_ref().and_then(|p| p.max_memory).map(|m| {
+                let bytes = m.bytes() as usize;
+                match state.budgets.get(name) {
+                    Some(b) if b.limit() == bytes => b.clone(),
+                    _ => Arc::new(MemoryBudget::new(bytes)),
+                }
+            });
+            if let Some(b) = &budget {
+                budgets.insert(name.clone(), b.clone());
+            }
+            let limit = fc.limits.max_concurrent_requests.map(|n| {
+                let sem = match state.inflight.get(name) {
+                    Some((old, sem)) if *old == n => sem.clone(),
+                    _ => Arc::new(tokio::sync::Semaphore::new(n)),
+                };
+                inflight.insert(name.clone(), (n, sem.clone()));
+                sem
+            });
+            let registry = config
+                .plugin_dir(name)
+                .and_then(|d| registries.get(d))
+                .map(|r: &Arc<Registry>| r.as_ref());
+            let chains = bind_plugins(name, fc, registry, &services, budget.as_ref())?;
+            let mut rt = FrontendRuntime::new(
                 name,
                 fc,
                 &upstreams,
@@ -242,6 +315,7 @@ impl Gateway {
                 self.options.access_log,
                 chains,
             )?;
+            rt.inflight = limit;
             runtimes.push((name.clone(), fc.listen, rt));
         }
 
@@ -311,33 +385,58 @@ impl Gateway {
         }
         state.listeners = next;
         state.upstreams = upstreams;
-        state.plugins = match (config.plugins.clone(), registry) {
-            (Some(pc), Some(reg)) => Some((pc, reg)),
-            _ => None,
-        };
+        state.keys = keys;
+        state.engine = engine;
+        state.registries = registries;
+        state.budgets = budgets;
+        state.inflight = inflight;
         self.config.store(Arc::new(config));
         Ok(())
     }
 
-    /// The plugin registry, when plugins are configured.
+    /// The registry of `[plugins].dir` (or of the only plugin directory).
     pub async fn plugins(&self) -> Option<Arc<Registry>> {
+        let config = self.config.load();
+        let state = self.state.lock().await;
+        config
+            .plugins
+            .as_ref()
+            .and_then(|p| p.dir.as_ref())
+            .and_then(|d| state.registries.get(d))
+            .or_else(|| state.registries.values().next())
+            .cloned()
+    }
+
+    /// The plugin memory budgets of frontends that have one.
+    pub async fn memory_budgets(&self) -> Vec<(String, Arc<MemoryBudget>)> {
+        let state = self.state.lock().await;
+        state
+            .budgets
+            .iter()
+            .map(|(f, b)| (f.clone(), b.clone()))
+            .collect()
+    }
+
+    /// Every plugin directory's registry.
+    pub async fn registries(&self) -> Vec<Arc<Registry>> {
         self.state
             .lock()
             .await
-            .plugins
-            .as_ref()
-            .map(|(_, r)| r.clone())
+            .registries
+            .values()
+            .cloned()
+            .collect()
     }
 
-    /// Re-scan the plugin directory and, when the set of plugins changed,
+    /// Re-scan the plugin directories and, when the set of plugins changed,
     /// rebuild the routes with the current config. Files that fail to load
     /// are reported and the versions that were serving keep serving.
     pub async fn reload_plugins(&self) -> Result<bool, ApplyError> {
-        let Some(registry) = self.plugins().await else {
-            return Ok(false);
-        };
-        let report = registry.sync().await;
-        if !report.changed() {
+        let mut changed = false;
+        for registry in self.registries().await {
+            changed |= registry.sync().await.changed();
+        }
+        if !changed {
             return Ok(false);
         }
         let config = (*self.config.load_full()).clone();
@@ -370,15 +469,16 @@ fn bind_plugins(
     fc: &crate::config::FrontendConfig,
     registry: Option<&Registry>,
     services: &Arc<crate::plugin::Services>,
+    budget: Option<&Arc<MemoryBudget>>,
 ) -> Result<Vec<Chain>, ApplyError> {
     let mut chains = Vec::with_capacity(fc.routes.len());
     for (i, route) in fc.routes.iter().enumerate() {
         let mut bindings = Vec::with_capacity(route.plugins.len());
         for p in &route.plugins {
             let Some(reg) = registry else {
-                return Err(ApplyError::Plugin(
-                    "routes use plugins but [plugins] is not set".into(),
-                ));
+                return Err(ApplyError::Plugin(format!(
+                    "frontends.{frontend}: routes use plugins but no plugin directory is set"
+                )));
             };
             let Some(loaded) = reg.get(&p.name, &p.version) else {
                 let file = reg.dir().join(format!("{}@{}.wasm", p.name, p.version));
@@ -398,6 +498,7 @@ fn bind_plugins(
                 loaded,
                 p,
                 services.clone(),
+                budget.cloned(),
             )));
         }
         chains.push(Chain {

@@ -59,7 +59,48 @@ enum Command {
     /// Work with plugin files.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Sign a JWT (for trying routes that authenticate; `--demo` signs with
+    /// the showcase's demo key).
+    Token(TokenArgs),
 }
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// Sign with the demo key of `examples/bff` (RS256, kid "demo"), issuer
+    /// "https://id.transom.example".
+    #[arg(long, conflicts_with = "key")]
+    demo: bool,
+    /// PEM private key (RSA, EC or Ed25519), or an HMAC secret file.
+    #[arg(long, required_unless_present = "demo")]
+    key: Option<PathBuf>,
+    /// Algorithm, e.g. RS256, ES256, EdDSA, HS256.
+    #[arg(long, default_value = "RS256")]
+    alg: String,
+    /// Key id (`kid`) to put in the header.
+    #[arg(long)]
+    kid: Option<String>,
+    /// Subject (`sub`).
+    #[arg(long)]
+    sub: String,
+    /// Audience (`aud`).
+    #[arg(long)]
+    aud: Option<String>,
+    /// Issuer (`iss`).
+    #[arg(long)]
+    iss: Option<String>,
+    /// Lifetime, e.g. "1h".
+    #[arg(long, default_value = "1h")]
+    ttl: humantime::Duration,
+    /// Extra claims as NAME=VALUE (a JSON value, or else a string).
+    #[arg(long = "claim", value_name = "NAME=VALUE")]
+    claims: Vec<String>,
+}
+
+/// The showcase's demo signing key. It is public, in the repository: it
+/// only ever signs demo tokens for the demo key set.
+const DEMO_KEY: &str = include_str!("../../examples/bff/keys/demo-private.pem");
+/// The demo issuer.
+const DEMO_ISSUER: &str = "https://id.transom.example";
 
 #[derive(Subcommand)]
 enum PluginCommand {
@@ -96,6 +137,7 @@ fn main() -> ExitCode {
             }))
         }
         Command::Plugin(PluginCommand::Check { file }) => plugin_check(&file),
+        Command::Token(args) => exit(token(args).map(|t| println!("{t}"))),
         Command::Demo(args) => {
             init_tracing(args.log_format);
             exit(runtime(None).and_then(|rt| rt.block_on(serve(args.config, true, true, true))))
@@ -145,9 +187,8 @@ fn check(path: &Path) -> ExitCode {
 fn plugin_check(file: &Path) -> ExitCode {
     let result = runtime(Some(1)).and_then(|rt| {
         rt.block_on(async {
-            let dir = std::env::temp_dir();
             let cfg = transom::config::PluginsConfig {
-                dir,
+                dir: None,
                 cache: None,
                 max_instances: 4,
                 max_memory: transom::config::ByteSize::mib(64),
@@ -188,6 +229,61 @@ fn plugin_check(file: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<String> {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use std::str::FromStr;
+    let (alg, kid, iss, pem) = if args.demo {
+        (
+            Algorithm::RS256,
+            Some(args.kid.unwrap_or_else(|| "demo".into())),
+            Some(args.iss.unwrap_or_else(|| DEMO_ISSUER.into())),
+            DEMO_KEY.as_bytes().to_vec(),
+        )
+    } else {
+        let path = args.key.context("--key is required without --demo")?;
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let alg = Algorithm::from_str(&args.alg)
+            .map_err(|_| anyhow::anyhow!("{:?} is not a JWT algorithm", args.alg))?;
+        (alg, args.kid, args.iss, bytes)
+    };
+    let key = match alg {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+            let mut secret = pem;
+            while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                secret.pop();
+            }
+            EncodingKey::from_secret(&secret)
+        }
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem)?,
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem)?,
+        _ => EncodingKey::from_rsa_pem(&pem)?,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let mut claims = serde_json::Map::new();
+    claims.insert("sub".into(), args.sub.into());
+    if let Some(aud) = args.aud {
+        claims.insert("aud".into(), aud.into());
+    }
+    if let Some(iss) = iss {
+        claims.insert("iss".into(), iss.into());
+    }
+    claims.insert("iat".into(), now.into());
+    claims.insert("exp".into(), (now + args.ttl.as_secs()).into());
+    for c in args.claims {
+        let (name, value) = c
+            .split_once('=')
+            .with_context(|| format!("--claim {c:?}: write NAME=VALUE"))?;
+        let value = serde_json::from_str(value).unwrap_or_else(|_| value.into());
+        claims.insert(name.to_string(), value);
+    }
+    let mut header = Header::new(alg);
+    header.kid = kid;
+    Ok(jsonwebtoken::encode(&header, &claims, &key)?)
 }
 
 fn summary(c: &Config) -> String {
@@ -265,7 +361,7 @@ fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn serve(config: PathBuf, access_log: bool, watch: bool, demo: bool) -> anyhow::Result<()> {
     if demo {
-        transom::demo::start()
+        transom::demo::start(&[])
             .await
             .context("starting the demo services")?;
     }
@@ -304,7 +400,7 @@ async fn print_demo_help(gw: &Gateway) {
     let mobile = gw.frontend_addr("mobile").await;
     println!("\nTransom demo is running.");
     for s in transom::demo::SERVICES {
-        println!("  demo service {:<9} http://{}", s.name, s.addr);
+        println!("  demo service {:<15} http://{}", s.kind.name(), s.addr);
     }
     if let (Some(web), Some(mobile)) = (web, mobile) {
         println!("  frontend web          http://{web}");

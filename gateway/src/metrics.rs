@@ -138,7 +138,17 @@ impl Metrics {
         })
     }
 
-    /// Count a reload.
+    /// Count a reload that went live except for files kept at their
+    /// previous version.
+    pub fn reload_partial(&self) {
+        self.reloads
+            .get_or_create(&ReloadLabels {
+                result: "partial".to_string(),
+            })
+            .inc();
+    }
+
+    /// Count a config reload that succeeded or failed.
     pub fn reload(&self, ok: bool) {
         self.reloads
             .get_or_create(&ReloadLabels {

@@ -92,7 +92,17 @@ pub async fn handle(
     };
 
     let mut trace = Trace::default();
-    let response = match forward(&rt, &conn, req, &request_id, &mut trace).await {
+    // admit: a permit is held until the response body ends
+    let permit = rt
+        .inflight
+        .as_ref()
+        .and_then(|sem| sem.clone().try_acquire_owned().ok());
+    let result = if rt.inflight.is_some() && permit.is_none() {
+        Err(ProxyError::Overloaded)
+    } else {
+        forward(&rt, &conn, req, &request_id, &mut trace).await
+    };
+    let response = match result {
         Ok(resp) => resp,
         Err(e) => {
             if e.status().is_server_error() {
@@ -110,6 +120,7 @@ pub async fn handle(
         start,
         request_id,
         access_log,
+        _permit: permit,
     };
     let (parts, body) = response.into_parts();
     Ok(Response::from_parts(
@@ -434,6 +445,8 @@ struct AccessLog {
     start: Instant,
     request_id: HeaderValue,
     access_log: bool,
+    /// The frontend's in-flight permit, released when the response ends.
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl AccessLog {

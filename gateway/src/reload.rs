@@ -74,8 +74,8 @@ pub fn watch(gateway: Weak<Gateway>) -> notify::Result<()> {
 fn dirs(gw: &Gateway) -> Vec<PathBuf> {
     let config = gw.config();
     let mut dirs = config.include_dirs();
-    if let Some(p) = &config.plugins {
-        dirs.push(std::path::absolute(&p.dir).unwrap_or_else(|_| p.dir.clone()));
+    for d in config.plugin_dirs() {
+        dirs.push(std::path::absolute(&d).unwrap_or(d));
     }
     dirs
 }

@@ -82,6 +82,8 @@ struct UpstreamState {
     delay_ms: AtomicU64,
     inflight: AtomicUsize,
     max_inflight: AtomicUsize,
+    /// Fixed answers by path (see [`TestUpstream::set_document`]).
+    documents: Mutex<HashMap<String, String>>,
 }
 
 impl TestUpstream {
@@ -102,6 +104,7 @@ impl TestUpstream {
             delay_ms: AtomicU64::new(0),
             inflight: AtomicUsize::new(0),
             max_inflight: AtomicUsize::new(0),
+            documents: Mutex::new(Default::default()),
         });
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -130,6 +133,15 @@ impl TestUpstream {
             state,
             tasks: Mutex::new(Some(task)),
         }
+    }
+
+    /// Answer `GET path` with this JSON document (replacing any before).
+    pub fn set_document(&self, path: &str, json: &str) {
+        self.state
+            .documents
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), json.to_string());
     }
 
     /// Requests served so far (health checks included).
@@ -191,6 +203,13 @@ async fn serve(st: Arc<UpstreamState>, mut req: Request<Incoming>) -> Response<T
     if segs.first() == Some(&"health") {
         let ok = st.healthy.load(Ordering::SeqCst);
         return status(if ok { 200 } else { 503 }, if ok { "ok" } else { "down" });
+    }
+    let document = st.documents.lock().unwrap().get(&path).cloned();
+    if let Some(doc) = document {
+        let mut resp = Response::new(full(doc));
+        resp.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        return resp;
     }
     let delay = st.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {

@@ -43,6 +43,15 @@ pub struct Config {
     pub watch_dirs: Vec<PathBuf>,
 }
 
+/// A config re-read by [`Config::reload`].
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    /// What to apply.
+    pub config: Config,
+    /// Problems of files that were kept at their previous version.
+    pub rejected: Vec<ConfigError>,
+}
+
 /// One file that took part in a config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceFile {
@@ -112,6 +121,83 @@ impl Config {
         loader.finish(path.as_ref())
     }
 
+    /// Re-read the config rooted at `path` for a running gateway whose
+    /// config is `previous`. A file other than the root that is now broken
+    /// (unreadable, unparsable, or invalid with the rest) is kept at the
+    /// version `previous` read, and its errors come back in
+    /// [`Reloaded::rejected`]: one team's broken frontend file does not hold
+    /// back another team's change. Errors in the root file, or in a file
+    /// with no previous version, reject the whole reload.
+    pub fn reload(path: impl AsRef<Path>, previous: &Config) -> Result<Reloaded, ConfigErrors> {
+        let root = path.as_ref();
+        let fallback: std::collections::HashMap<PathBuf, String> = previous
+            .files
+            .iter()
+            .skip(1)
+            .map(|f| (f.path.clone(), f.text.clone()))
+            .collect();
+        let mut forced: std::collections::HashMap<PathBuf, String> = Default::default();
+        let mut rejected: Vec<ConfigError> = Vec::new();
+        loop {
+            let mut loader = Loader {
+                forced: forced.clone(),
+                ..Loader::default()
+            };
+            loader.load_file(root.to_path_buf());
+            let result = if loader.unparsed {
+                Err(ConfigErrors(loader.errors))
+            } else {
+                loader.finish(root)
+            };
+            let errors = match result {
+                Ok(config) => return Ok(Reloaded { config, rejected }),
+                Err(e) => e.0,
+            };
+            let bad: std::collections::BTreeSet<PathBuf> =
+                errors.iter().map(|e| e.file.clone()).collect();
+            let can_fall_back = bad
+                .iter()
+                .all(|f| fallback.contains_key(f) && !forced.contains_key(f));
+            if !can_fall_back {
+                let mut all = rejected;
+                all.extend(errors);
+                return Err(ConfigErrors(all));
+            }
+            for f in bad {
+                if let Some(text) = fallback.get(&f) {
+                    forced.insert(f, text.clone());
+                }
+            }
+            rejected.extend(errors);
+        }
+    }
+
+    /// The plugin directory of frontend `name`: its own, or `[plugins].dir`.
+    pub fn plugin_dir(&self, frontend: &str) -> Option<&Path> {
+        self.frontends
+            .get(frontend)
+            .and_then(|f| f.plugins.as_ref())
+            .and_then(|p| p.dir.as_deref())
+            .or_else(|| self.plugins.as_ref().and_then(|p| p.dir.as_deref()))
+    }
+
+    /// Every plugin directory in use, without repeats.
+    pub fn plugin_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self
+            .plugins
+            .iter()
+            .filter_map(|p| p.dir.clone())
+            .chain(
+                self.frontends
+                    .values()
+                    .filter_map(|f| f.plugins.as_ref().and_then(|p| p.dir.clone())),
+            )
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+
     /// Paths of every file this config was read from (for the file watcher).
     pub fn file_paths(&self) -> impl Iterator<Item = &Path> {
         self.files.iter().map(|f| f.path.as_path())
@@ -176,6 +262,9 @@ struct Loader {
     /// add confusing follow-on errors.
     unparsed: bool,
     watch_dirs: Vec<PathBuf>,
+    /// Files read from these texts instead of the disk (their last good
+    /// versions, on reload).
+    forced: std::collections::HashMap<PathBuf, String>,
 }
 
 impl Loader {
@@ -184,7 +273,11 @@ impl Loader {
         if !self.seen.insert(key) {
             return;
         }
-        let text = match std::fs::read_to_string(&path) {
+        let read = match self.forced.get(&path) {
+            Some(text) => Ok(text.clone()),
+            None => std::fs::read_to_string(&path),
+        };
+        let text = match read {
             Ok(t) => t,
             Err(e) => {
                 self.unparsed = true;
@@ -314,7 +407,7 @@ impl Loader {
                         .parent()
                         .map(Path::to_path_buf)
                         .unwrap_or_default();
-                    p.dir = dir.join(&p.dir);
+                    p.dir = p.dir.map(|d| dir.join(d));
                     p.cache = p.cache.map(|c| dir.join(c));
                     plugins = Some(p);
                     origins.plugins = Some(i);
@@ -365,6 +458,15 @@ impl Loader {
                     continue;
                 }
                 origins.frontends.insert(name.clone(), i);
+                let mut f = f;
+                if let Some(p) = &mut f.plugins {
+                    let dir = self.files[i]
+                        .path
+                        .parent()
+                        .map(Path::to_path_buf)
+                        .unwrap_or_default();
+                    p.dir = p.dir.as_ref().map(|d| dir.join(d));
+                }
                 frontends.insert(name, f);
             }
         }

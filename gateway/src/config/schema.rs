@@ -71,8 +71,9 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginsConfig {
-    /// Directory of `NAME@VERSION.wasm` files, watched for changes.
-    pub dir: PathBuf,
+    /// Directory of `NAME@VERSION.wasm` files, watched for changes; for
+    /// frontends that do not name their own (`frontends.NAME.plugins.dir`).
+    pub dir: Option<PathBuf>,
     /// Where precompiled plugins are cached (default: `DIR/.cache`).
     pub cache: Option<PathBuf>,
     /// Plugin instances that may exist at once, across all routes.
@@ -91,11 +92,14 @@ impl PluginsConfig {
         ByteSize::mib(64)
     }
 
-    /// The cache directory.
-    pub fn cache_dir(&self) -> PathBuf {
-        self.cache
-            .clone()
-            .unwrap_or_else(|| self.dir.join(".cache"))
+    /// The cache directory for plugins of `dir`.
+    pub fn cache_dir(&self, dir: &std::path::Path) -> PathBuf {
+        self.cache.clone().unwrap_or_else(|| dir.join(".cache"))
+    }
+
+    /// Whether the engine settings (not the directories) are the same.
+    pub fn same_engine(&self, other: &PluginsConfig) -> bool {
+        self.max_instances == other.max_instances && self.max_memory == other.max_memory
     }
 }
 
@@ -176,6 +180,11 @@ pub struct KeySetConfig {
     pub secret_file: Option<PathBuf>,
     /// JWKS document (JSON) with one or more public keys, chosen by `kid`.
     pub jwks: Option<PathBuf>,
+    /// A JWKS document fetched from an upstream and cached.
+    pub jwks_from: Option<JwksFrom>,
+    /// The key id of a `pem` or `secret_file` key. When set, tokens must
+    /// name it; when unset, tokens must not name a key.
+    pub kid: Option<String>,
     /// Algorithms accepted with these keys, e.g. `["RS256"]`.
     pub algorithms: Vec<String>,
     /// Clock skew allowed on `exp` and `nbf` (at most 5 minutes).
@@ -185,6 +194,37 @@ pub struct KeySetConfig {
 
 impl KeySetConfig {
     fn default_leeway() -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+/// `jwks_from = { upstream = "idp", path = "/.well-known/jwks.json" }`: where
+/// a key set is fetched from, and how often.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwksFrom {
+    /// The upstream serving the document (`[upstreams.NAME]`).
+    pub upstream: String,
+    /// Its path.
+    #[serde(default = "JwksFrom::default_path")]
+    pub path: String,
+    /// How long a fetched document is used before it is fetched again.
+    #[serde(default = "JwksFrom::default_refresh")]
+    pub refresh: Duration,
+    /// Least time between two fetches, also when a token names an unknown
+    /// `kid` (so unknown ids cannot be used to flood the identity provider).
+    #[serde(default = "JwksFrom::default_min_interval")]
+    pub min_interval: Duration,
+}
+
+impl JwksFrom {
+    fn default_path() -> String {
+        "/.well-known/jwks.json".into()
+    }
+    fn default_refresh() -> Duration {
+        Duration::from_secs(600)
+    }
+    fn default_min_interval() -> Duration {
         Duration::from_secs(30)
     }
 }
@@ -467,9 +507,25 @@ pub struct FrontendConfig {
     /// Connection and request limits.
     #[serde(default)]
     pub limits: Limits,
+    /// This frontend's own plugin directory and plugin memory budget.
+    pub plugins: Option<FrontendPlugins>,
     /// Routes, matched first to last.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+}
+
+/// `plugins = { dir = "plugins/mobile", max_memory = "256MiB" }` on a
+/// frontend: its team deploys into its own directory, and its plugins
+/// together cannot take more than their budget.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrontendPlugins {
+    /// Directory of `NAME@VERSION.wasm` files (default: `[plugins].dir`).
+    pub dir: Option<PathBuf>,
+    /// Linear memory all plugin instances of this frontend may hold at once;
+    /// past it, a plugin call fails with 500 instead of taking memory from
+    /// other frontends.
+    pub max_memory: Option<ByteSize>,
 }
 
 /// `tls = { cert = "cert.pem", key = "key.pem" }` on a frontend.
@@ -501,6 +557,8 @@ pub struct Limits {
     /// Largest request head accepted (431 above it); at least 8KiB.
     #[serde(default = "Limits::default_max_header_bytes")]
     pub max_header_bytes: ByteSize,
+    /// Requests in flight at once; more are answered 503 at once (default: no limit).
+    pub max_concurrent_requests: Option<usize>,
 }
 
 impl Limits {
@@ -529,6 +587,7 @@ impl Default for Limits {
             idle_timeout: Self::default_idle_timeout(),
             max_request_body: Self::default_max_request_body(),
             max_header_bytes: Self::default_max_header_bytes(),
+            max_concurrent_requests: None,
         }
     }
 }

@@ -52,6 +52,7 @@ pub(super) fn validate(config: &mut Config, origins: &Origins) -> Vec<Problem> {
             ks.pem.is_some(),
             ks.secret_file.is_some(),
             ks.jwks.is_some(),
+            ks.jwks_from.is_some(),
         ]
         .iter()
         .filter(|x| **x)
@@ -60,9 +61,35 @@ pub(super) fn validate(config: &mut Config, origins: &Origins) -> Vec<Problem> {
             problems.push((
                 file,
                 base.clone(),
-                "set exactly one of pem, secret_file and jwks".into(),
+                "set exactly one of pem, secret_file, jwks and jwks_from".into(),
             ));
             continue;
+        }
+        if let Some(from) = &ks.jwks_from {
+            let mut at_from = at("jwks_from");
+            if !upstream_names.contains(&from.upstream) {
+                at_from.push(k("upstream"));
+                problems.push((
+                    file,
+                    at_from.clone(),
+                    format!(
+                        "unknown upstream {:?}; define it as [upstreams.{}]",
+                        from.upstream, from.upstream
+                    ),
+                ));
+            } else if !from.path.starts_with('/')
+                || from.path.parse::<http::uri::PathAndQuery>().is_err()
+            {
+                at_from.push(k("path"));
+                problems.push((file, at_from, "a path starting with '/'".into()));
+            }
+        }
+        if ks.kid.is_some() && (ks.jwks.is_some() || ks.jwks_from.is_some()) {
+            problems.push((
+                file,
+                at("kid"),
+                "a JWKS names its own keys; kid is for pem and secret_file".into(),
+            ));
         }
         if ks.leeway.get() > std::time::Duration::from_secs(300) {
             problems.push((file, at("leeway"), "at most 5 minutes".into()));
@@ -73,11 +100,13 @@ pub(super) fn validate(config: &mut Config, origins: &Origins) -> Vec<Problem> {
     }
     if let Some(p) = &plugins {
         let file = origins.plugins.unwrap_or(0);
-        if !p.dir.is_dir() {
+        if let Some(dir) = &p.dir
+            && !dir.is_dir()
+        {
             problems.push((
                 file,
                 vec![k("plugins"), k("dir")],
-                format!("{} is not a directory", p.dir.display()),
+                format!("{} is not a directory", dir.display()),
             ));
         }
         if p.max_instances == 0 {
@@ -196,6 +225,38 @@ pub(super) fn validate(config: &mut Config, origins: &Origins) -> Vec<Problem> {
         if l.max_connections == 0 {
             cx.err(&[k("limits"), k("max_connections")], "must be at least 1");
         }
+        if l.max_concurrent_requests == Some(0) {
+            cx.err(
+                &[k("limits"), k("max_concurrent_requests")],
+                "must be at least 1",
+            );
+        }
+        if let Some(fp) = &fe.plugins {
+            if let Some(dir) = &fp.dir
+                && !dir.is_dir()
+            {
+                cx.err(
+                    &[k("plugins"), k("dir")],
+                    format!("{} is not a directory", dir.display()),
+                );
+            }
+            if let Some(m) = fp.max_memory
+                && m.bytes() < 1 << 20
+            {
+                cx.err(&[k("plugins"), k("max_memory")], "must be at least 1MiB");
+            }
+            if plugins.is_none() {
+                cx.err(
+                    &[k("plugins")],
+                    "frontend plugins need a [plugins] section (engine limits)",
+                );
+            }
+        }
+        let plugin_dir: Option<std::path::PathBuf> = fe
+            .plugins
+            .as_ref()
+            .and_then(|p| p.dir.clone())
+            .or_else(|| plugins.as_ref().and_then(|p| p.dir.clone()));
         if l.max_header_bytes.bytes() < 8192 || l.max_header_bytes.bytes() > 1 << 20 {
             cx.err(
                 &[k("limits"), k("max_header_bytes")],
@@ -359,7 +420,15 @@ pub(super) fn validate(config: &mut Config, origins: &Origins) -> Vec<Problem> {
                     );
                     continue;
                 }
-                let file = pc.dir.join(format!("{}@{}.wasm", p.name, p.version));
+                let _ = pc;
+                let Some(dir) = &plugin_dir else {
+                    cx.err(
+                        &r(&[k("plugins"), Seg::Index(j)]),
+                        "routes use plugins, but neither [plugins].dir nor this frontend's plugins.dir says where they are",
+                    );
+                    break;
+                };
+                let file = dir.join(format!("{}@{}.wasm", p.name, p.version));
                 if !file.is_file() {
                     cx.err(
                         &at("version"),
@@ -367,7 +436,7 @@ pub(super) fn validate(config: &mut Config, origins: &Origins) -> Vec<Problem> {
                             "plugin {}@{} is not in {}",
                             p.name,
                             p.version,
-                            pc.dir.display()
+                            dir.display()
                         ),
                     );
                 }

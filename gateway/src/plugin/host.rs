@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -74,38 +75,147 @@ pub struct Identity {
     pub services: Arc<Services>,
 }
 
+/// Linear memory that all plugin instances of one frontend may hold at
+/// once. Each instance charges what it grows and gives it back when it is
+/// dropped, so one frontend's memory-hungry plugins fail their own calls
+/// instead of starving other frontends.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl MemoryBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> MemoryBudget {
+        MemoryBudget {
+            limit,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// Its size.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn charge(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                u.checked_add(n).filter(|t| *t <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// The per-instance limits (wasmtime's) plus the frontend's budget.
+pub(super) struct Limiter {
+    limits: StoreLimits,
+    budget: Option<Arc<MemoryBudget>>,
+    charged: usize,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if !self.limits.memory_growing(current, desired, maximum)? {
+            return Ok(false);
+        }
+        if let Some(b) = &self.budget {
+            let more = desired.saturating_sub(current);
+            if !b.charge(more) {
+                return Err(wasmtime::format_err!(
+                    "the frontend's plugin memory budget of {} bytes is used up",
+                    b.limit
+                ));
+            }
+            self.charged += more;
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
+impl Drop for Limiter {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            b.release(self.charged);
+        }
+    }
+}
+
 /// Store data of one plugin instance.
 pub struct Ctx {
     /// Built on first use: a plugin that never calls WASI (most do not, at
     /// run time) never pays for it.
     wasi: Option<WasiCtx>,
     table: ResourceTable,
-    pub(super) limits: StoreLimits,
+    pub(super) limits: Limiter,
     pub(super) stderr: MemoryOutputPipe,
     pub(super) id: Identity,
     pub(super) req: Option<RequestState>,
     pub(super) resp: Option<ResponseState>,
+    /// When the current call's CPU time is up.
+    pub(super) deadline: Option<std::time::Instant>,
 }
 
 /// Bytes of a plugin's stderr kept (a panic message fits).
 const STDERR_CAPACITY: usize = 64 * 1024;
 
 impl Ctx {
-    pub(super) fn new(id: Identity, memory: usize) -> Ctx {
+    pub(super) fn new(id: Identity, memory: usize, budget: Option<Arc<MemoryBudget>>) -> Ctx {
         Ctx {
             wasi: None,
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory)
-                .instances(16)
-                .tables(16)
-                .memories(4)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: Limiter {
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(memory)
+                    .instances(16)
+                    .tables(16)
+                    .memories(4)
+                    .trap_on_grow_failure(true)
+                    .build(),
+                budget,
+                charged: 0,
+            },
             stderr: MemoryOutputPipe::new(STDERR_CAPACITY),
             id,
             req: None,
             resp: None,
+            deadline: None,
         }
     }
 
@@ -119,6 +229,15 @@ impl Ctx {
             .find(|&i| text.is_char_boundary(i))
             .unwrap_or(text.len());
         text[start..].to_string()
+    }
+
+    /// Time spent waiting on the network (upstream calls, a JWKS fetch) is
+    /// not the plugin's: move its deadline by that much. Each wait is
+    /// bounded by its own timeout.
+    fn pause_deadline(&mut self, since: std::time::Instant) {
+        if let Some(d) = &mut self.deadline {
+            *d += since.elapsed();
+        }
     }
 
     fn req(&mut self) -> wasmtime::Result<&mut RequestState> {
@@ -533,7 +652,10 @@ async fn call_upstream(id: Identity, req: Outgoing) -> Result<Incoming, CallErro
 
 impl UpstreamApi for Ctx {
     async fn call(&mut self, req: Outgoing) -> wasmtime::Result<Result<Incoming, CallError>> {
-        Ok(call_upstream(self.id.clone(), req).await)
+        let started = std::time::Instant::now();
+        let result = call_upstream(self.id.clone(), req).await;
+        self.pause_deadline(started);
+        Ok(result)
     }
 
     async fn call_batch(
@@ -550,8 +672,11 @@ impl UpstreamApi for Ctx {
                 })
                 .collect());
         }
+        let started = std::time::Instant::now();
         let calls = reqs.into_iter().map(|r| call_upstream(self.id.clone(), r));
-        Ok(futures_util::future::join_all(calls).await)
+        let results = futures_util::future::join_all(calls).await;
+        self.pause_deadline(started);
+        Ok(results)
     }
 }
 
@@ -618,7 +743,11 @@ impl TokensApi for Ctx {
                 "key set {keys:?} is not granted to this plugin"
             )));
         };
-        Ok(set.verify(&token))
+        let set = set.clone();
+        let started = std::time::Instant::now();
+        let result = set.verify(&token).await;
+        self.pause_deadline(started);
+        Ok(result)
     }
 }
 

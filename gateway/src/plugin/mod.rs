@@ -25,7 +25,7 @@ use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, PoolingAllocationConfig, Store};
 
 pub use bindings::{Answer, Decision, Phases};
-pub use host::{RequestState, ResponseState};
+pub use host::{MemoryBudget, RequestState, ResponseState};
 pub use services::{Counters, PluginMetrics, Services};
 
 pub use registry::{CheckReport, LoadedPlugin, Registry, SyncReport, check_file};
@@ -198,6 +198,8 @@ pub struct Binding {
     engine: Arc<PluginEngine>,
     /// Calls made through this binding.
     pub calls: AtomicU64,
+    /// The frontend's plugin memory budget.
+    budget: Option<Arc<MemoryBudget>>,
 }
 
 impl Binding {
@@ -207,6 +209,7 @@ impl Binding {
         plugin: Arc<LoadedPlugin>,
         r: &PluginRef,
         services: Arc<Services>,
+        budget: Option<Arc<MemoryBudget>>,
     ) -> Binding {
         Binding {
             id: Identity {
@@ -229,6 +232,7 @@ impl Binding {
             plugin,
             engine,
             calls: AtomicU64::new(0),
+            budget,
         }
     }
 
@@ -237,8 +241,13 @@ impl Binding {
         self.plugin.phases
     }
 
-    fn deadline_ticks(&self) -> u64 {
-        (self.timeout.as_millis() as u64 / TICK.as_millis() as u64).max(1) + 1
+    /// Arm the CPU deadline for the next call into `store`: the epoch
+    /// callback fires every tick the guest runs, yields to the executor (so
+    /// a busy plugin never holds a worker thread for long) and interrupts
+    /// the guest once the call's time is up.
+    fn arm(&self, store: &mut Store<Ctx>) {
+        store.data_mut().deadline = Some(std::time::Instant::now() + self.timeout);
+        store.set_epoch_deadline(1);
     }
 
     async fn instance(&self) -> Result<Instance, PluginError> {
@@ -247,9 +256,20 @@ impl Binding {
         {
             return Ok(inst);
         }
-        let mut store = Store::new(&self.engine.engine, Ctx::new(self.id.clone(), self.memory));
+        let mut store = Store::new(
+            &self.engine.engine,
+            Ctx::new(self.id.clone(), self.memory, self.budget.clone()),
+        );
         store.limiter(|c| &mut c.limits);
-        store.set_epoch_deadline(self.deadline_ticks());
+        store.epoch_deadline_callback(|cx| {
+            Ok(match cx.data().deadline {
+                Some(d) if std::time::Instant::now() < d => {
+                    wasmtime::UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
+                }
+                _ => wasmtime::UpdateDeadline::Interrupt,
+            })
+        });
+        self.arm(&mut store);
         match self.plugin.pre.instantiate_async(&mut store).await {
             Ok(filter) => Ok(Instance { store, filter }),
             Err(e) => Err(self.classify(e, &store)),
@@ -297,8 +317,11 @@ impl Binding {
                 other => format!("trap: {other}"),
             };
         }
-        if format!("{e:?}").contains("forcing trap when growing memory") {
+        let debug = format!("{e:?}");
+        if debug.contains("forcing trap when growing memory") {
             reason = format!("memory limit of {} bytes exceeded", self.memory);
+        } else if let Some(at) = debug.find("the frontend's plugin memory budget") {
+            reason = debug[at..].lines().next().unwrap_or_default().to_string();
         }
         let stderr = store.data().stderr_tail();
         if !stderr.is_empty() {
@@ -328,7 +351,7 @@ impl Binding {
     ) -> Result<(RequestState, Decision, Option<Held>), PluginError> {
         let mut inst = self.enter(None).await?;
         inst.store.data_mut().req = Some(req);
-        inst.store.set_epoch_deadline(self.deadline_ticks());
+        self.arm(&mut inst.store);
         let result = inst
             .filter
             .transom_plugin_filter()
@@ -384,7 +407,7 @@ impl Binding {
     ) -> Result<ResponseState, PluginError> {
         let mut inst = self.enter(held).await?;
         inst.store.data_mut().resp = Some(resp);
-        inst.store.set_epoch_deadline(self.deadline_ticks());
+        self.arm(&mut inst.store);
         let result = inst
             .filter
             .transom_plugin_filter()
@@ -446,6 +469,7 @@ async fn probe_phases(
                 services,
             },
             16 << 20,
+            None,
         ),
     );
     store.limiter(|c| &mut c.limits);

@@ -97,12 +97,13 @@ pub fn parse_file_name(path: &Path) -> Result<(String, semver::Version), String>
 }
 
 impl Registry {
-    /// A registry for `cfg.dir`; nothing is loaded until [`Registry::sync`].
-    pub fn new(engine: Arc<PluginEngine>, cfg: &PluginsConfig) -> Registry {
+    /// A registry for `dir`, caching as `cfg` says; nothing is loaded
+    /// until [`Registry::sync`].
+    pub fn new(engine: Arc<PluginEngine>, cfg: &PluginsConfig, dir: &Path) -> Registry {
         Registry {
             engine,
-            dir: cfg.dir.clone(),
-            cache: cfg.cache_dir(),
+            dir: dir.to_path_buf(),
+            cache: cfg.cache_dir(dir),
             plugins: ArcSwap::from_pointee(BTreeMap::new()),
             failures: Mutex::new(BTreeMap::new()),
             sync_lock: tokio::sync::Mutex::new(()),
