@@ -18,6 +18,8 @@ fn main() {
         "plugins/aggregate",
         "plugins/cors",
         "plugins/jwt-auth",
+        "plugins/partner-catalog",
+        "plugins/partner-catalog-v1",
         "plugins/rate-limit",
         "plugins/shape",
         "plugins/transform",

@@ -1210,3 +1210,145 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
     }
 }
+
+/// Where a pinned plugin comes from and where it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Install {
+    /// `NAME@VERSION`.
+    pub id: String,
+    /// The built file.
+    pub from: std::path::PathBuf,
+    /// The plugin directory file it is copied to.
+    pub to: std::path::PathBuf,
+}
+
+/// Copy the plugins the frontends of an example pin (`examples/bff/`) into
+/// their plugin directories as `NAME@VERSION.wasm`, from the `plugins/`
+/// workspace at `sources`, built into `built` (`*.wasm` named after their
+/// crates). A crate deploys as its package name and version, or as
+/// `[package.metadata.transom] plugin = "NAME"` (an older major version kept
+/// in its own crate).
+///
+/// The example's files are read as plain TOML, not validated: until the
+/// plugins are in place, validation would refuse the pins.
+pub fn install_plugins(
+    example_root: &std::path::Path,
+    sources: &std::path::Path,
+    built: &std::path::Path,
+) -> Result<Vec<Install>, String> {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    let read_toml = |path: &Path| -> Result<toml::Table, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        text.parse::<toml::Table>()
+            .map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let str_at = |t: &toml::Table, path: &[&str]| -> Option<String> {
+        let mut v: &toml::Value = t.get(path[0])?;
+        for k in &path[1..] {
+            v = v.get(k)?;
+        }
+        v.as_str().map(str::to_string)
+    };
+
+    // what each crate deploys as
+    let mut crates: BTreeMap<(String, String), PathBuf> = BTreeMap::new();
+    let entries = std::fs::read_dir(sources)
+        .map_err(|e| format!("cannot read {}: {e}", sources.display()))?;
+    for entry in entries.flatten() {
+        let manifest = entry.path().join("Cargo.toml");
+        if !manifest.is_file() {
+            continue;
+        }
+        let t = read_toml(&manifest)?;
+        let (Some(package), Some(version)) = (
+            str_at(&t, &["package", "name"]),
+            str_at(&t, &["package", "version"]),
+        ) else {
+            continue;
+        };
+        let plugin = str_at(&t, &["package", "metadata", "transom", "plugin"])
+            .unwrap_or_else(|| package.clone());
+        let file = built.join(format!("{}.wasm", package.replace('-', "_")));
+        crates.insert((plugin, version), file);
+    }
+
+    // the root file and its includes
+    let root = example_root.join("transom.toml");
+    let mut files = vec![root.clone()];
+    let root_table = read_toml(&root)?;
+    if let Some(includes) = root_table.get("include").and_then(|i| i.as_array()) {
+        for pattern in includes.iter().filter_map(|p| p.as_str()) {
+            let full = example_root.join(pattern).to_string_lossy().into_owned();
+            let mut matched: Vec<PathBuf> = glob::glob(&full)
+                .map_err(|e| format!("include {pattern:?}: {e}"))?
+                .filter_map(Result::ok)
+                .collect();
+            matched.sort();
+            files.extend(matched);
+        }
+    }
+    let default_dir = str_at(&root_table, &["plugins", "dir"]).map(|d| example_root.join(d));
+
+    let mut installs = Vec::new();
+    for file in files {
+        let t = read_toml(&file)?;
+        let here = file.parent().unwrap_or(example_root);
+        let Some(frontends) = t.get("frontends").and_then(|f| f.as_table()) else {
+            continue;
+        };
+        for (name, fe) in frontends {
+            let dir = fe
+                .get("plugins")
+                .and_then(|p| p.get("dir"))
+                .and_then(|d| d.as_str())
+                .map(|d| here.join(d))
+                .or_else(|| default_dir.clone());
+            let routes = fe.get("routes").and_then(|r| r.as_array());
+            for route in routes.into_iter().flatten() {
+                let pins = route.get("plugins").and_then(|p| p.as_array());
+                for pin in pins.into_iter().flatten() {
+                    let (Some(plugin), Some(version)) = (
+                        pin.get("name").and_then(|n| n.as_str()),
+                        pin.get("version").and_then(|v| v.as_str()),
+                    ) else {
+                        continue;
+                    };
+                    let id = format!("{plugin}@{version}");
+                    let dir = dir.clone().ok_or_else(|| {
+                        format!("frontend {name} pins {id} but has no plugin directory")
+                    })?;
+                    let from = crates
+                        .get(&(plugin.to_string(), version.to_string()))
+                        .ok_or_else(|| {
+                            format!(
+                                "frontend {name} pins {id}, but no crate in {} builds it",
+                                sources.display()
+                            )
+                        })?
+                        .clone();
+                    let to = dir.join(format!("{id}.wasm"));
+                    if !installs.iter().any(|i: &Install| i.to == to) {
+                        installs.push(Install { id, from, to });
+                    }
+                }
+            }
+        }
+    }
+    for i in &installs {
+        if let Some(dir) = i.to.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        // Copied under a temporary name, then renamed: a running gateway
+        // never sees half a file.
+        let tmp = i.to.with_extension("wasm.partial");
+        std::fs::copy(&i.from, &tmp)
+            .map_err(|e| format!("cannot copy {}: {e}", i.from.display()))?;
+        std::fs::rename(&tmp, &i.to)
+            .map_err(|e| format!("cannot install {}: {e}", i.to.display()))?;
+    }
+    Ok(installs)
+}

@@ -495,6 +495,7 @@ fn bind_plugins(
             };
             bindings.push(Arc::new(Binding::new(
                 reg.engine().clone(),
+                frontend,
                 loaded,
                 p,
                 services.clone(),

@@ -113,9 +113,22 @@ enum PluginCommand {
 
 #[derive(clap::Args)]
 struct DemoArgs {
-    /// Demo config.
-    #[arg(long, short, default_value = "examples/demo/transom.toml")]
+    /// The showcase's root config.
+    #[arg(long, short, default_value = "examples/bff/transom.toml")]
     config: PathBuf,
+    /// The plugins workspace, built and installed into each frontend's
+    /// plugin directory before the gateway starts.
+    #[arg(long, default_value = "plugins")]
+    plugins: PathBuf,
+    /// Do not build the plugins; install what is already built.
+    #[arg(long)]
+    no_build: bool,
+    /// Slow a demo service down, e.g. `--latency recommendations=80ms`.
+    #[arg(long, value_name = "SERVICE=DURATION")]
+    latency: Vec<String>,
+    /// Make a demo service fail a share of requests, e.g. `--failure-rate recommendations=0.3`.
+    #[arg(long, value_name = "SERVICE=RATE")]
+    failure_rate: Vec<String>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -132,7 +145,7 @@ fn main() -> ExitCode {
                     args.config,
                     !args.no_access_log,
                     !args.no_watch,
-                    false,
+                    None,
                 ))
             }))
         }
@@ -140,7 +153,10 @@ fn main() -> ExitCode {
         Command::Token(args) => exit(token(args).map(|t| println!("{t}"))),
         Command::Demo(args) => {
             init_tracing(args.log_format);
-            exit(runtime(None).and_then(|rt| rt.block_on(serve(args.config, true, true, true))))
+            exit(demo_setup(&args).and_then(|knobs| {
+                runtime(None)
+                    .and_then(|rt| rt.block_on(serve(args.config, true, true, Some(knobs))))
+            }))
         }
     }
 }
@@ -359,9 +375,110 @@ fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(b.enable_all().build()?)
 }
 
-async fn serve(config: PathBuf, access_log: bool, watch: bool, demo: bool) -> anyhow::Result<()> {
-    if demo {
-        transom::demo::start(&[])
+type DemoKnobs = Vec<(transom::demo::Kind, std::time::Duration, f64)>;
+
+/// Build the plugins, install them into the showcase's plugin directories,
+/// and read the service knobs.
+fn demo_setup(args: &DemoArgs) -> anyhow::Result<DemoKnobs> {
+    use transom::demo::Kind;
+    let mut knobs: DemoKnobs = Vec::new();
+    fn knob(knobs: &mut DemoKnobs, kind: transom::demo::Kind) -> usize {
+        match knobs.iter().position(|(k, _, _)| *k == kind) {
+            Some(i) => i,
+            None => {
+                knobs.push((kind, std::time::Duration::ZERO, 0.0));
+                knobs.len() - 1
+            }
+        }
+    }
+    for l in &args.latency {
+        let (svc, d) = l
+            .split_once('=')
+            .with_context(|| format!("--latency {l:?}: write SERVICE=DURATION"))?;
+        let kind = Kind::parse(svc).with_context(|| format!("no demo service {svc:?}"))?;
+        let d: humantime::Duration = d.parse().with_context(|| format!("--latency {l:?}"))?;
+        let i = knob(&mut knobs, kind);
+        knobs[i].1 = d.into();
+    }
+    for f in &args.failure_rate {
+        let (svc, r) = f
+            .split_once('=')
+            .with_context(|| format!("--failure-rate {f:?}: write SERVICE=RATE"))?;
+        let kind = Kind::parse(svc).with_context(|| format!("no demo service {svc:?}"))?;
+        let r: f64 = r.parse().with_context(|| format!("--failure-rate {f:?}"))?;
+        let i = knob(&mut knobs, kind);
+        knobs[i].2 = r;
+    }
+
+    if !args.no_build {
+        build_plugins(&args.plugins)?;
+    }
+    let built = args.plugins.join("target/wasm32-wasip2/release");
+    let example = args.config.parent().unwrap_or(Path::new("."));
+    let installed = transom::demo::install_plugins(example, &args.plugins, &built)
+        .map_err(|e| anyhow::anyhow!("installing the showcase's plugins: {e}"))?;
+    eprintln!(
+        "installed {} plugin files into the frontends' directories",
+        installed.len()
+    );
+    Ok(knobs)
+}
+
+/// `cargo build --release --target wasm32-wasip2` of the plugins workspace,
+/// adding the target with rustup when it is missing.
+fn build_plugins(dir: &Path) -> anyhow::Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let build = || {
+        eprintln!(
+            "building the plugins in {} for wasm32-wasip2 ...",
+            dir.display()
+        );
+        std::process::Command::new(&cargo)
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
+            .arg(dir.join("Cargo.toml"))
+            .env_remove("CARGO_TARGET_DIR")
+            .output()
+    };
+    let out = build().context("running cargo")?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("wasm32-wasip2") && stderr.contains("target may not be installed") {
+        eprintln!("adding the wasm32-wasip2 target with rustup ...");
+        let added = std::process::Command::new("rustup")
+            .args(["target", "add", "wasm32-wasip2"])
+            .status()
+            .context(
+                "running rustup (install the target with `rustup target add wasm32-wasip2`)",
+            )?;
+        anyhow::ensure!(added.success(), "`rustup target add wasm32-wasip2` failed");
+        let out = build().context("running cargo")?;
+        if out.status.success() {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "building the plugins failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    anyhow::bail!("building the plugins failed:\n{stderr}")
+}
+
+async fn serve(
+    config: PathBuf,
+    access_log: bool,
+    watch: bool,
+    demo: Option<DemoKnobs>,
+) -> anyhow::Result<()> {
+    if let Some(knobs) = &demo {
+        transom::demo::start(knobs)
             .await
             .context("starting the demo services")?;
     }
@@ -372,7 +489,7 @@ async fn serve(config: PathBuf, access_log: bool, watch: bool, demo: bool) -> an
     if watch && let Err(e) = transom::reload::watch(std::sync::Arc::downgrade(&gw)) {
         tracing::warn!(error = %e, "config file watching is off; SIGHUP still reloads");
     }
-    if demo {
+    if demo.is_some() {
         print_demo_help(&gw).await;
     }
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -396,25 +513,73 @@ async fn serve(config: PathBuf, access_log: bool, watch: bool, demo: bool) -> an
 }
 
 async fn print_demo_help(gw: &Gateway) {
-    let web = gw.frontend_addr("web").await;
-    let mobile = gw.frontend_addr("mobile").await;
-    println!("\nTransom demo is running.");
+    let addr = |name: &'static str| async move {
+        gw.frontend_addr(name)
+            .await
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "(not running)".into())
+    };
+    let (web, mobile, partner) = (
+        addr("web").await,
+        addr("mobile").await,
+        addr("partner").await,
+    );
+    let token = |sub: &str, aud: &str| {
+        token(TokenArgs {
+            demo: true,
+            key: None,
+            alg: "RS256".into(),
+            kid: None,
+            sub: sub.into(),
+            aud: Some(aud.into()),
+            iss: None,
+            ttl: std::time::Duration::from_secs(8 * 3600).into(),
+            claims: Vec::new(),
+        })
+        .unwrap_or_else(|e| format!("(cannot sign: {e})"))
+    };
+    println!("\nTransom BFF showcase is running.");
     for s in transom::demo::SERVICES {
-        println!("  demo service {:<15} http://{}", s.kind.name(), s.addr);
+        println!("  service {:<16} http://{}", s.kind.name(), s.addr);
     }
-    if let (Some(web), Some(mobile)) = (web, mobile) {
-        println!("  frontend web          http://{web}");
-        println!("  frontend mobile       http://{mobile}");
-        println!("\nTry:");
-        println!("  curl -s http://{web}/api/users/alice");
-        println!("  curl -s 'http://{web}/api/orders?user=alice'");
-        println!("  curl -s --compressed http://{web}/api/products");
-        println!("  curl -s http://{mobile}/m/users/alice");
-        println!("  curl -si http://{mobile}/nope            # 404 with a JSON error");
-    }
+    println!("  frontend web             http://{web}");
+    println!("  frontend mobile          http://{mobile}");
+    println!("  frontend partner         http://{partner}");
+    println!("\nTry (tokens signed with the demo key, valid 8 hours):");
+    println!("  MOBILE={}", token("alice", "mobile"));
+    println!("  WEB={}", token("alice", "web"));
+    println!("  PARTNER={}", token("acme", "partner"));
+    println!();
+    println!(
+        "  curl -s http://{mobile}/home -H \"authorization: Bearer $MOBILE\"            # small payload, one round trip"
+    );
+    println!(
+        "  curl -s http://{web}/home -H \"authorization: Bearer $WEB\"                  # the same data, rich"
+    );
+    println!(
+        "  curl -si -X OPTIONS http://{web}/home -H 'origin: http://localhost:3000' -H 'access-control-request-method: GET'"
+    );
+    println!(
+        "  curl -s http://{partner}/v1/products -H \"authorization: Bearer $PARTNER\"   # contract v1"
+    );
+    println!(
+        "  curl -s http://{partner}/v2/products -H \"authorization: Bearer $PARTNER\"   # contract v2, side by side"
+    );
+    println!(
+        "  for i in $(seq 12); do curl -s -o /dev/null -w '%{{http_code}} ' http://{partner}/v2/products -H \"authorization: Bearer $PARTNER\"; done; echo   # 429 past the burst"
+    );
+    println!(
+        "  curl -si http://{mobile}/home                                            # 401 with WWW-Authenticate"
+    );
+    println!(
+        "  curl -s -X PUT 'http://127.0.0.1:7401/_knobs?failure_rate=1'                # recommendations down: /home is partial"
+    );
     if let Some(admin) = gw.admin_addr() {
+        println!("  curl -s http://{admin}/plugins");
         println!("  curl -s http://{admin}/metrics | grep transom_requests");
-        println!("  curl -s http://{admin}/config");
     }
-    println!("\nEdit examples/demo/*.toml and the gateway reloads. Ctrl-C stops.\n");
+    println!("\nMint other tokens: cargo run -p transom -- token --demo --sub bob --aud mobile");
+    println!(
+        "Edit examples/bff/frontends/*.toml and the gateway reloads that frontend. Ctrl-C stops.\n"
+    );
 }

@@ -12,7 +12,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_transom");
 #[test]
 fn check_accepts_the_demo_config_with_a_summary() {
     let out = Command::new(BIN)
-        .args(["check", "--config", "../examples/demo/transom.toml"])
+        .args(["check", "--config", "../examples/basic/transom.toml"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

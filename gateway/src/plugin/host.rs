@@ -57,6 +57,8 @@ pub struct Identity {
     pub plugin: Arc<str>,
     /// Plugin name.
     pub name: Arc<str>,
+    /// The frontend whose route uses it (counters and buckets are its own).
+    pub frontend: Arc<str>,
     /// Plugin version.
     pub version: Arc<str>,
     /// The route's configuration for the plugin, as JSON.
@@ -682,8 +684,9 @@ impl UpstreamApi for Ctx {
 
 impl CountersApi for Ctx {
     async fn add(&mut self, key: String, delta: i64, window_ms: u64) -> wasmtime::Result<Counter> {
-        // Counters are per plugin: one plugin cannot read or move another's.
-        let key = format!("{}/{key}", self.id.name);
+        // Counters are per frontend and plugin: one plugin cannot read or
+        // move another's, and one frontend's traffic never spends another's.
+        let key = format!("{}/{}/{key}", self.id.frontend, self.id.name);
         let window = std::time::Duration::from_millis(window_ms.clamp(1, 30 * 24 * 3600 * 1000));
         let (value, left) = self.id.services.counters.add(key, delta, window);
         Ok(Counter {
@@ -702,7 +705,7 @@ impl CountersApi for Ctx {
         let takes: Vec<_> = limits
             .into_iter()
             .map(|l| super::services::Take {
-                key: format!("{}/{}", self.id.name, l.key),
+                key: format!("{}/{}/{}", self.id.frontend, self.id.name, l.key),
                 cost: l.cost,
                 capacity: l.capacity,
                 period: std::time::Duration::from_millis(

@@ -206,6 +206,7 @@ impl Binding {
     /// Bind `plugin` with the settings and grants of `r`.
     pub fn new(
         engine: Arc<PluginEngine>,
+        frontend: &str,
         plugin: Arc<LoadedPlugin>,
         r: &PluginRef,
         services: Arc<Services>,
@@ -215,6 +216,7 @@ impl Binding {
             id: Identity {
                 plugin: plugin.id.clone(),
                 name: plugin.name.as_str().into(),
+                frontend: frontend.into(),
                 version: plugin.version.to_string().into(),
                 config: r.config_json().into(),
                 body: r.body,
@@ -458,6 +460,7 @@ async fn probe_phases(
         Ctx::new(
             Identity {
                 name: id.clone(),
+                frontend: "".into(),
                 version: id.clone(),
                 plugin: id,
                 config: "{}".into(),
