@@ -560,3 +560,44 @@ pub fn install_plugin(dir: &Path, stem: &str, id: &str) -> PathBuf {
     std::fs::rename(&tmp, &to).unwrap();
     to
 }
+
+/// A copy of `examples/NAME` in a temp dir, with every `from` address in its
+/// TOML files replaced by its `to`, and the plugins its frontends pin
+/// installed from this package's build (as `transom demo` does from a
+/// release build).
+pub fn example_copy(name: &str, addrs: &[(String, String)]) -> (TempDir, PathBuf) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let src = root.join("examples").join(name);
+    let dir = TempDir::new();
+    fn copy(from: &Path, to: &Path, addrs: &[(String, String)]) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            let name = entry.file_name();
+            if path.is_dir() {
+                // installed plugins and caches are not part of the example
+                if name != "plugins" {
+                    copy(&path, &to.join(&name), addrs);
+                }
+            } else if path.extension().is_some_and(|e| e == "toml") {
+                let mut text = std::fs::read_to_string(&path).unwrap();
+                for (a, b) in addrs {
+                    text = text.replace(a.as_str(), b.as_str());
+                }
+                std::fs::write(to.join(&name), text).unwrap();
+            } else {
+                std::fs::copy(&path, to.join(&name)).unwrap();
+            }
+        }
+    }
+    copy(&src, dir.path(), addrs);
+    transom::demo::install_plugins(
+        dir.path(),
+        &root.join("plugins"),
+        Path::new(env!("TRANSOM_TEST_PLUGINS")),
+    )
+    .unwrap();
+    let config = dir.path().join("transom.toml");
+    (dir, config)
+}
