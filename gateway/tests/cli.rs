@@ -205,3 +205,55 @@ fn sighup_reloads_the_config() {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn token_demo_signs_a_token_the_demo_key_set_accepts() {
+    let out = Command::new(BIN)
+        .args([
+            "token",
+            "--demo",
+            "--sub",
+            "alice",
+            "--aud",
+            "mobile",
+            "--ttl",
+            "5m",
+            "--claim",
+            "scope=\"read\"",
+            "--claim",
+            "level=3",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let token = token.trim();
+    let pem = std::fs::read("../examples/bff/keys/demo-public.pem").unwrap();
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    assert_eq!(header.kid.as_deref(), Some("demo"));
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    v.set_audience(&["mobile"]);
+    v.set_issuer(&["https://id.transom.example"]);
+    let data = jsonwebtoken::decode::<serde_json::Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_rsa_pem(&pem).unwrap(),
+        &v,
+    )
+    .unwrap();
+    assert_eq!(data.claims["sub"], "alice");
+    assert_eq!(data.claims["scope"], "read");
+    assert_eq!(data.claims["level"], 3);
+    let ttl = data.claims["exp"].as_u64().unwrap() - data.claims["iat"].as_u64().unwrap();
+    assert_eq!(ttl, 300);
+
+    // without --demo a key is required
+    let out = Command::new(BIN)
+        .args(["token", "--sub", "x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
