@@ -34,6 +34,7 @@ use std::fmt;
 mod sys;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
+mod util;
 
 /// Generated bindings of the `transom:plugin` contract. Used by
 /// [`export_plugin!`]; plugins do not need to touch them.
@@ -52,6 +53,7 @@ pub mod bindings {
 pub use wit_bindgen as __wit_bindgen;
 
 pub use sys::Level;
+pub use util::{ConfigDuration, MANAGED_HEADERS, is_managed_header, parse_duration};
 
 /// An error a plugin returns: the request fails with a 500 naming the plugin
 /// and this message.

@@ -394,10 +394,7 @@ pub(crate) fn set_header(
         ));
     }
     let name = name.to_ascii_lowercase();
-    if matches!(
-        name.as_str(),
-        "content-length" | "transfer-encoding" | "connection" | "upgrade" | "te" | "trailer"
-    ) {
+    if crate::is_managed_header(&name) {
         return Err(format!("{name:?} is managed by the gateway"));
     }
     if !append {

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use transom_plugin_sdk::{is_managed_header, parse_duration};
+
 use crate::template::{CallRef, Pattern, Source, Template, valid_name};
 
 /// `max_calls` when the config does not say.
@@ -15,18 +17,9 @@ pub const HARD_MAX_BYTES: usize = 64 << 20;
 /// Longest timeout a call may have.
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// Headers the gateway manages on upstream calls; forwarding them is refused.
-const RESERVED_HEADERS: [&str; 9] = [
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "upgrade",
-    "te",
-    "trailer",
-    "keep-alive",
-    "proxy-connection",
-];
+/// Headers refused in `forward_headers` besides the SDK's managed ones: the
+/// gateway sets `host` on upstream calls and strips the other hop-by-hop ones.
+const NOT_FORWARDED: [&str; 3] = ["host", "keep-alive", "proxy-connection"];
 
 /// Names a call may not have: they are the template sources.
 const RESERVED_NAMES: [&str; 5] = ["path", "query", "header", "method", "item"];
@@ -131,7 +124,7 @@ impl TryFrom<RawConfig> for Config {
                     let h = h.to_ascii_lowercase();
                     if h.is_empty() || !h.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
                         Err(format!("forward_headers: {h:?} is not a header name"))
-                    } else if RESERVED_HEADERS.contains(&h.as_str()) {
+                    } else if is_managed_header(&h) || NOT_FORWARDED.contains(&h.as_str()) {
                         Err(format!("forward_headers: {h:?} is managed by the gateway"))
                     } else {
                         Ok(h)
@@ -142,7 +135,7 @@ impl TryFrom<RawConfig> for Config {
         let default_timeout = raw
             .timeout
             .as_deref()
-            .map(|t| parse_duration("timeout", t))
+            .map(|t| parse_timeout("timeout", t))
             .transpose()?;
 
         if raw.stages.is_empty() {
@@ -176,7 +169,7 @@ impl TryFrom<RawConfig> for Config {
                 let mut path = Template::parse(&c.path).map_err(|e| format!("{at}: {e}"))?;
                 let timeout = match c.timeout {
                     Some(t) => {
-                        Some(parse_duration("timeout", &t).map_err(|e| format!("{at}: {e}"))?)
+                        Some(parse_timeout("timeout", &t).map_err(|e| format!("{at}: {e}"))?)
                     }
                     None => default_timeout,
                 };
@@ -278,20 +271,11 @@ impl TryFrom<RawConfig> for Config {
     }
 }
 
-/// `500ms`, `2s`, `10m`, `1h`: positive and at most an hour.
-pub fn parse_duration(field: &str, text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, unit) = t.split_at(digits);
-    let bad = || format!("{field}: {text:?} is not a duration like \"500ms\", \"2s\", \"1m\"");
-    let n: u64 = n.parse().map_err(|_| bad())?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(bad()),
-    };
+/// A timeout: `500ms`, `2s`, `10m`, `1h` (see
+/// [`transom_plugin_sdk::parse_duration`]), more than 0 and at most an hour.
+/// Errors name `field`.
+pub fn parse_timeout(field: &str, text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text).map_err(|e| format!("{field}: {e}"))?;
     if d.is_zero() || d > MAX_TIMEOUT {
         return Err(format!(
             "{field}: {text:?} must be more than 0 and at most 1h"
@@ -306,13 +290,20 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("t", "150ms"), Ok(Duration::from_millis(150)));
-        assert_eq!(parse_duration("t", "2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("t", "10m"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_duration("t", "1h"), Ok(Duration::from_secs(3600)));
-        for bad in ["", "ms", "5", "1.5s", "-1s", "0ms", "2h", "5 s", "1d"] {
-            let e = parse_duration("timeout", bad).unwrap_err();
+        assert_eq!(parse_timeout("t", "150ms"), Ok(Duration::from_millis(150)));
+        assert_eq!(parse_timeout("t", "2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_timeout("t", "10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_timeout("t", "1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_timeout("t", " 1s "), Ok(Duration::from_secs(1)));
+        for bad in [
+            "", "ms", "5", "1.5s", "-1s", "0ms", "2h", "5 s", "1d", "3601s",
+        ] {
+            let e = parse_timeout("timeout", bad).unwrap_err();
             assert!(e.starts_with("timeout:"), "{bad:?}: {e}");
         }
+        let e = parse_timeout("timeout", "soon").unwrap_err();
+        assert!(e.starts_with("timeout: \"soon\" is not a duration"), "{e}");
+        let e = parse_timeout("timeout", "0s").unwrap_err();
+        assert!(e.ends_with("must be more than 0 and at most 1h"), "{e}");
     }
 }

@@ -31,7 +31,9 @@
 use std::cell::RefCell;
 
 use serde::Deserialize;
-use transom_plugin_sdk::{Action, Answer, Error, Plugin, Request, Response, export_plugin};
+use transom_plugin_sdk::{
+    Action, Answer, Error, Plugin, Request, Response, export_plugin, parse_duration,
+};
 
 /// Longest `Origin` considered; longer ones are never allowed.
 const MAX_ORIGIN: usize = 512;
@@ -183,30 +185,12 @@ fn parse_origin(raw: &str) -> Result<OriginPattern, Error> {
     })
 }
 
-/// Parse a duration such as `"500ms"`, `"30s"`, `"10m"` or `"1h"` into whole
-/// seconds (rounded down).
+/// Parse a duration such as `"500ms"`, `"30s"`, `"10m"` or `"1h"` (see
+/// [`transom_plugin_sdk::parse_duration`]) into whole seconds (rounded down).
 fn parse_seconds(field: &str, raw: &str) -> Result<u64, Error> {
-    let s = raw.trim();
-    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
-    let (number, unit) = s.split_at(digits);
-    let unit_ms: u64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => 0,
-    };
-    number
-        .parse::<u64>()
-        .ok()
-        .filter(|_| unit_ms > 0)
-        .and_then(|n| n.checked_mul(unit_ms))
-        .map(|ms| ms / 1_000)
-        .ok_or_else(|| {
-            bad(format!(
-                "{field}: {raw:?} is not a duration (write e.g. \"30s\", \"10m\" or \"1h\")"
-            ))
-        })
+    parse_duration(raw)
+        .map(|d| d.as_secs())
+        .map_err(|e| bad(format!("{field}: {e}")))
 }
 
 impl Config {
@@ -763,6 +747,8 @@ mod tests {
         assert_eq!(parse_seconds("f", "30s"), Ok(30));
         assert_eq!(parse_seconds("f", "10m"), Ok(600));
         assert_eq!(parse_seconds("f", "2h"), Ok(7200));
+        assert_eq!(parse_seconds("f", "1d"), Ok(86_400));
+        assert_eq!(parse_seconds("f", "0s"), Ok(0));
         for bad in [
             "",
             "10",
@@ -771,7 +757,6 @@ mod tests {
             "-1s",
             "10 m",
             "99999999999999999999h",
-            "1d",
         ] {
             let e = parse_seconds("max_age", bad).expect_err(bad);
             assert!(e.0.contains("max_age"), "{e}");

@@ -32,7 +32,9 @@ use std::fmt;
 
 use serde::Deserialize;
 use serde_json::Value;
-use transom_plugin_sdk::{Action, Answer, Error, Level, Plugin, Request, export_plugin};
+use transom_plugin_sdk::{
+    Action, Answer, Error, Level, Plugin, Request, export_plugin, is_managed_header,
+};
 
 /// Default for [`Config::max_token_bytes`].
 const DEFAULT_MAX_TOKEN_BYTES: usize = 4096;
@@ -40,18 +42,10 @@ const DEFAULT_MAX_TOKEN_BYTES: usize = 4096;
 const MAX_TOKEN_BYTES_LIMIT: usize = 64 * 1024;
 /// Longest `error_description` sent back, in bytes (it is ASCII).
 const MAX_DESCRIPTION: usize = 100;
-/// Headers the gateway manages (or that must not carry claims).
-const RESERVED_HEADERS: &[&str] = &[
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "upgrade",
-    "te",
-    "trailer",
-    "keep-alive",
-    "proxy-connection",
-    "host",
-];
+/// Headers that must not carry claims besides the gateway-managed ones
+/// ([`is_managed_header`]): `host` routes the request, and the gateway strips
+/// the hop-by-hop ones before the upstream would see them.
+const NO_CLAIM_HEADERS: &[&str] = &["host", "keep-alive", "proxy-connection"];
 
 /// The plugin's per-route configuration (`config = { ... }`).
 #[derive(Deserialize, Clone)]
@@ -281,7 +275,7 @@ impl Config {
                     "claims_to_headers: {claim:?} → {header:?} is not a claim and a header name"
                 )));
             }
-            if RESERVED_HEADERS.contains(&header.as_str()) {
+            if is_managed_header(&header) || NO_CLAIM_HEADERS.contains(&header.as_str()) {
                 return Err(bad(format!(
                     "claims_to_headers: {header:?} cannot carry a claim"
                 )));

@@ -36,7 +36,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use transom_plugin_sdk::{Action, Error, Level, Plugin, Request, Response, export_plugin};
+use transom_plugin_sdk::{
+    Action, Error, Level, Plugin, Request, Response, export_plugin, is_managed_header,
+};
 
 /// At most this many entries in each list or table of operations.
 const MAX_OPS: usize = 64;
@@ -46,15 +48,6 @@ const MAX_BODY: usize = 8 * 1024 * 1024;
 const MAX_NAME: usize = 1024;
 /// Longest header value (what the gateway accepts).
 const MAX_HEADER_VALUE: usize = 16 * 1024;
-/// Headers the gateway manages itself.
-const MANAGED_HEADERS: &[&str] = &[
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "upgrade",
-    "te",
-    "trailer",
-];
 
 /// The route's `config = { ... }`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -190,7 +183,7 @@ fn check_header_name(name: &str) -> Result<(), String> {
     {
         return Err(format!("{name:?} is not a header name"));
     }
-    if MANAGED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+    if is_managed_header(name) {
         return Err(format!("{name:?} is managed by the gateway"));
     }
     Ok(())
