@@ -17,12 +17,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use aws_lc_rs::signature::{ParsedPublicKey, VerificationAlgorithm};
 use base64::Engine as _;
 use jsonwebtoken::jwk::{JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use crate::config::{JwksFrom, KeySetConfig};
 use crate::upstream::Upstream;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// Longest token accepted (bytes).
 const MAX_TOKEN: usize = 8 * 1024;
@@ -35,7 +38,116 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const KEY_PARAMS: [&str; 4] = ["jwk", "jku", "x5u", "x5c"];
 
 /// Keys with their `kid` (when they have one).
-type Keys = Vec<(Option<String>, DecodingKey)>;
+type Keys = Vec<Key>;
+
+/// One key: for HMAC the secret, for public keys the key parsed once per
+/// pinned algorithm (aws-lc would otherwise parse the DER on every
+/// verification, which costs about as much as the verification itself).
+#[derive(Clone)]
+struct Key {
+    kid: Option<String>,
+    kind: KeyKind,
+}
+
+#[derive(Clone)]
+enum KeyKind {
+    Hmac(DecodingKey),
+    Public(Vec<(Algorithm, Arc<ParsedPublicKey>)>),
+}
+
+impl Key {
+    /// `key` prepared for `algorithms`; `None` when it fits none of them.
+    fn new(kid: Option<String>, key: DecodingKey, algorithms: &[Algorithm]) -> Option<Key> {
+        use jsonwebtoken::DecodingKeyKind;
+        if algorithms
+            .iter()
+            .any(|a| a.family() == jsonwebtoken::AlgorithmFamily::Hmac)
+        {
+            return Some(Key {
+                kid,
+                kind: KeyKind::Hmac(key),
+            });
+        }
+        let der;
+        let bytes: &[u8] = match key.kind() {
+            DecodingKeyKind::SecretOrDer(b) => b,
+            DecodingKeyKind::RsaModulusExponent { n, e } => {
+                der = rsa_public_key_der(n, e);
+                &der
+            }
+        };
+        let parsed: Vec<(Algorithm, Arc<ParsedPublicKey>)> = algorithms
+            .iter()
+            .filter_map(|a| {
+                let alg = verification_algorithm(*a)?;
+                ParsedPublicKey::new(alg, bytes)
+                    .ok()
+                    .map(|k| (*a, Arc::new(k)))
+            })
+            .collect();
+        (!parsed.is_empty()).then_some(Key {
+            kid,
+            kind: KeyKind::Public(parsed),
+        })
+    }
+}
+
+/// aws-lc's verification algorithm for a JWT `alg` (the same choices as
+/// jsonwebtoken's aws-lc backend).
+fn verification_algorithm(alg: Algorithm) -> Option<&'static dyn VerificationAlgorithm> {
+    use aws_lc_rs::signature as s;
+    Some(match alg {
+        Algorithm::RS256 => &s::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &s::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &s::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &s::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &s::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &s::RSA_PSS_2048_8192_SHA512,
+        Algorithm::ES256 => &s::ECDSA_P256_SHA256_FIXED,
+        Algorithm::ES384 => &s::ECDSA_P384_SHA384_FIXED,
+        Algorithm::EdDSA => &s::ED25519,
+        _ => return None,
+    })
+}
+
+/// DER `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`
+/// (RFC 8017) from a JWK's big-endian `n` and `e`.
+fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
+    fn len(out: &mut Vec<u8>, n: usize) {
+        if n < 0x80 {
+            out.push(n as u8);
+        } else {
+            let bytes: Vec<u8> = n
+                .to_be_bytes()
+                .into_iter()
+                .skip_while(|b| *b == 0)
+                .collect();
+            out.push(0x80 | bytes.len() as u8);
+            out.extend(bytes);
+        }
+    }
+    fn integer(out: &mut Vec<u8>, v: &[u8]) {
+        let v: &[u8] = match v.iter().position(|b| *b != 0) {
+            Some(i) => &v[i..],
+            None => &[0],
+        };
+        let pad = v[0] & 0x80 != 0;
+        out.push(0x02);
+        len(out, v.len() + usize::from(pad));
+        if pad {
+            out.push(0);
+        }
+        out.extend_from_slice(v);
+    }
+    let mut body = Vec::with_capacity(n.len() + e.len() + 16);
+    integer(&mut body, n);
+    integer(&mut body, e);
+    let mut out = Vec::with_capacity(body.len() + 8);
+    out.push(0x30);
+    len(&mut out, body.len());
+    out.extend(body);
+    out
+}
 
 /// A loaded key set.
 pub struct KeySet {
@@ -50,6 +162,7 @@ pub struct KeySet {
 /// `refresh`, and on an unknown `kid` at most once per `min_interval`.
 struct Remote {
     from: JwksFrom,
+    algorithms: Vec<Algorithm>,
     upstream: Option<Arc<Upstream>>,
     keys: ArcSwap<Keys>,
     times: Mutex<FetchTimes>,
@@ -120,7 +233,11 @@ impl KeySet {
                     format!("{}: not a usable public key: {e}", path.display()),
                 )
             })?;
-            vec![(cfg.kid.clone(), key)]
+            let key = Key::new(cfg.kid.clone(), key, &algorithms).ok_or((
+                "pem",
+                format!("{}: the key does not fit the algorithms", path.display()),
+            ))?;
+            vec![key]
         } else if let Some(path) = &cfg.secret_file {
             if !hmac {
                 return Err((
@@ -138,14 +255,17 @@ impl KeySet {
                     "an HMAC secret must have at least 32 bytes".into(),
                 ));
             }
-            vec![(cfg.kid.clone(), DecodingKey::from_secret(&secret))]
+            vec![Key {
+                kid: cfg.kid.clone(),
+                kind: KeyKind::Hmac(DecodingKey::from_secret(&secret)),
+            }]
         } else if let Some(path) = &cfg.jwks {
             if hmac {
                 return Err(("algorithms", "a JWKS holds public keys, not HMAC".into()));
             }
             let text = read("jwks", path)?;
-            let keys =
-                parse_jwks(&text).map_err(|e| ("jwks", format!("{}: {e}", path.display())))?;
+            let keys = parse_jwks(&text, &algorithms)
+                .map_err(|e| ("jwks", format!("{}: {e}", path.display())))?;
             if keys.is_empty() {
                 return Err(("jwks", format!("{}: no usable keys", path.display())));
             }
@@ -156,6 +276,7 @@ impl KeySet {
             }
             remote = Some(Arc::new(Remote {
                 from: from.clone(),
+                algorithms: algorithms.clone(),
                 upstream: None,
                 keys: ArcSwap::from_pointee(Vec::new()),
                 times: Mutex::new(FetchTimes::default()),
@@ -226,16 +347,72 @@ impl KeySet {
                 }
             }
         };
-        let mut v = Validation::new(header.alg);
-        v.algorithms = vec![header.alg];
-        v.leeway = self.leeway;
-        v.validate_exp = true;
-        v.validate_nbf = true;
-        v.validate_aud = false;
-        v.set_required_spec_claims(&["exp"]);
-        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &v)
-            .map_err(|e| format!("invalid token: {e}"))?;
-        Ok(data.claims.to_string())
+        match &key.kind {
+            KeyKind::Hmac(secret) => {
+                let mut v = Validation::new(header.alg);
+                v.algorithms = vec![header.alg];
+                v.leeway = self.leeway;
+                v.validate_exp = true;
+                v.validate_nbf = true;
+                v.validate_aud = false;
+                v.set_required_spec_claims(&["exp"]);
+                let data = jsonwebtoken::decode::<serde_json::Value>(token, secret, &v)
+                    .map_err(|e| format!("invalid token: {e}"))?;
+                Ok(data.claims.to_string())
+            }
+            KeyKind::Public(parsed) => {
+                let (_, public) = parsed
+                    .iter()
+                    .find(|(a, _)| *a == header.alg)
+                    .ok_or_else(|| format!("the key does not verify {:?}", header.alg))?;
+                let (message, signature) = token
+                    .rsplit_once('.')
+                    .ok_or_else(|| "malformed token".to_string())?;
+                let signature = B64
+                    .decode(signature)
+                    .map_err(|_| "malformed token: the signature is not base64url".to_string())?;
+                public
+                    .verify_sig(message.as_bytes(), &signature)
+                    .map_err(|_| "invalid token: InvalidSignature".to_string())?;
+                let payload = message.split('.').nth(1).unwrap_or_default();
+                self.claims(payload)
+            }
+        }
+    }
+
+    /// The claims of a verified token, after the time checks: `exp`
+    /// required, `exp` and `nbf` with the set's leeway.
+    fn claims(&self, payload: &str) -> Result<String, String> {
+        let bytes = B64
+            .decode(payload)
+            .map_err(|_| "malformed token: the payload is not base64url".to_string())?;
+        let claims: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes)
+            .map_err(|_| "malformed token: the payload is not a JSON object".to_string())?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let leeway = self.leeway as f64;
+        let time = |name: &str| -> Result<Option<f64>, String> {
+            match claims.get(name) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_f64()
+                    .map(Some)
+                    .ok_or_else(|| format!("invalid token: {name} is not a number")),
+            }
+        };
+        match time("exp")? {
+            None => return Err("invalid token: Missing required claim: exp".into()),
+            Some(exp) if exp < now - leeway => return Err("invalid token: ExpiredSignature".into()),
+            Some(_) => {}
+        }
+        if let Some(nbf) = time("nbf")?
+            && nbf > now + leeway
+        {
+            return Err("invalid token: ImmatureSignature".into());
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 }
 
@@ -248,7 +425,7 @@ fn check_header(token: &str) -> Result<(), String> {
     else {
         return Err("malformed token: it must have three segments".into());
     };
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+    let bytes = B64
         .decode(head)
         .map_err(|_| "malformed token: the header is not base64url".to_string())?;
     let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes)
@@ -273,23 +450,24 @@ fn check_header(token: &str) -> Result<(), String> {
 }
 
 /// The key a token names: by `kid`, or the only key when it names none.
-fn lookup(keys: &Keys, kid: Option<&str>) -> Result<DecodingKey, String> {
+fn lookup(keys: &Keys, kid: Option<&str>) -> Result<Key, String> {
     match kid {
         Some(kid) => keys
             .iter()
-            .find(|(k, _)| k.as_deref() == Some(kid))
-            .map(|(_, key)| key.clone())
+            .find(|k| k.kid.as_deref() == Some(kid))
+            .cloned()
             .ok_or_else(|| format!("unknown key id {kid:?}")),
         None => match keys.as_slice() {
-            [(_, key)] => Ok(key.clone()),
+            [key] => Ok(key.clone()),
             [] => Err("no keys are available".into()),
             _ => Err("the token names no key (kid) and the key set has several".into()),
         },
     }
 }
 
-/// The signing keys of a JWKS document (encryption keys are skipped).
-fn parse_jwks(text: &[u8]) -> Result<Keys, String> {
+/// The signing keys of a JWKS document that fit `algorithms` (encryption
+/// keys and keys of other types are skipped).
+fn parse_jwks(text: &[u8], algorithms: &[Algorithm]) -> Result<Keys, String> {
     let set: JwkSet =
         serde_json::from_slice(text).map_err(|e| format!("not a JWKS document: {e}"))?;
     let mut keys = Vec::new();
@@ -298,7 +476,7 @@ fn parse_jwks(text: &[u8]) -> Result<Keys, String> {
             continue;
         }
         let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("unusable key: {e}"))?;
-        keys.push((jwk.common.key_id.clone(), key));
+        keys.extend(Key::new(jwk.common.key_id.clone(), key, algorithms));
     }
     Ok(keys)
 }
@@ -401,7 +579,7 @@ impl Remote {
             .map_err(|_| "timed out reading the JWKS document".to_string())?
             .map_err(|e| format!("reading the JWKS document: {e}"))?
             .to_bytes();
-        let keys = parse_jwks(&bytes)?;
+        let keys = parse_jwks(&bytes, &self.algorithms)?;
         if keys.is_empty() {
             return Err("the JWKS document has no signing keys".into());
         }

@@ -17,7 +17,7 @@ pub mod keys;
 mod registry;
 pub mod services;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +36,9 @@ use host::{Ctx, Identity};
 
 /// Epoch granularity: deadlines are counted in these ticks.
 const TICK: Duration = Duration::from_millis(1);
+
+/// Bytes of a pooled linear memory kept resident between instances.
+const KEEP_RESIDENT: usize = 2 << 20;
 
 /// Idle instances kept per binding in `reuse` mode.
 const MAX_IDLE: usize = 64;
@@ -101,6 +104,27 @@ pub struct PluginEngine {
     engine: Engine,
     linker: Linker<Ctx>,
     ticker_stop: Arc<AtomicBool>,
+    /// Calls into plugins in progress: the epoch ticker sleeps while none is.
+    active: Arc<AtomicUsize>,
+    ticker: std::thread::Thread,
+}
+
+/// Held while a plugin runs: keeps the epoch ticker going.
+struct Running<'a>(&'a PluginEngine);
+
+impl PluginEngine {
+    fn running(&self) -> Running<'_> {
+        if self.active.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.ticker.unpark();
+        }
+        Running(self)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl PluginEngine {
@@ -114,7 +138,16 @@ impl PluginEngine {
             .total_memories(n)
             .total_tables(n.saturating_mul(2))
             .total_stacks(n)
-            .max_memory_size(cfg.max_memory.bytes() as usize);
+            .max_memory_size(cfg.max_memory.bytes() as usize)
+            // A fresh instance should not pay page faults for memory a
+            // previous one already touched: reset the first pages of a
+            // pooled slot with memset instead of giving them back to the
+            // kernel (with PAGEMAP_SCAN, only the pages actually dirtied).
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(64 << 10)
+            .async_stack_keep_resident(64 << 10)
+            .pagemap_scan(wasmtime::Enabled::Auto)
+            .decommit_batch_size(16);
         let mut config = Config::new();
         config
             .epoch_interruption(true)
@@ -126,13 +159,21 @@ impl PluginEngine {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(err)?;
         bindings::add_to_linker(&mut linker, |c| c).map_err(err)?;
 
+        // The epoch advances every tick while a plugin runs; an idle
+        // gateway's ticker sleeps (it would otherwise wake 1000 times a
+        // second for nothing).
         let stop = Arc::new(AtomicBool::new(false));
+        let active = Arc::new(AtomicUsize::new(0));
         let ticker_engine = engine.weak();
-        let ticker_stop = stop.clone();
-        std::thread::Builder::new()
+        let (ticker_stop, ticker_active) = (stop.clone(), active.clone());
+        let ticker = std::thread::Builder::new()
             .name("transom-epoch".into())
             .spawn(move || {
                 while !ticker_stop.load(Ordering::Relaxed) {
+                    if ticker_active.load(Ordering::Acquire) == 0 {
+                        std::thread::park_timeout(Duration::from_millis(250));
+                        continue;
+                    }
                     std::thread::sleep(TICK);
                     match ticker_engine.upgrade() {
                         Some(e) => e.increment_epoch(),
@@ -145,6 +186,8 @@ impl PluginEngine {
             engine,
             linker,
             ticker_stop: stop,
+            active,
+            ticker: ticker.thread().clone(),
         }))
     }
 
@@ -157,6 +200,7 @@ impl PluginEngine {
 impl Drop for PluginEngine {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
+        self.ticker.unpark();
     }
 }
 
@@ -272,6 +316,7 @@ impl Binding {
             })
         });
         self.arm(&mut store);
+        let _running = self.engine.running();
         match self.plugin.pre.instantiate_async(&mut store).await {
             Ok(filter) => Ok(Instance { store, filter }),
             Err(e) => Err(self.classify(e, &store)),
@@ -354,11 +399,13 @@ impl Binding {
         let mut inst = self.enter(None).await?;
         inst.store.data_mut().req = Some(req);
         self.arm(&mut inst.store);
+        let running = self.engine.running();
         let result = inst
             .filter
             .transom_plugin_filter()
             .call_on_request(&mut inst.store)
             .await;
+        drop(running);
         let req = inst.store.data_mut().req.take();
         let outcome = match (result, req) {
             (Ok(Ok(decision)), Some(req)) => Ok((req, decision)),
@@ -410,11 +457,13 @@ impl Binding {
         let mut inst = self.enter(held).await?;
         inst.store.data_mut().resp = Some(resp);
         self.arm(&mut inst.store);
+        let running = self.engine.running();
         let result = inst
             .filter
             .transom_plugin_filter()
             .call_on_response(&mut inst.store)
             .await;
+        drop(running);
         let resp = inst.store.data_mut().resp.take();
         let outcome = match (result, resp) {
             (Ok(Ok(())), Some(resp)) => Ok(resp),
@@ -477,6 +526,7 @@ async fn probe_phases(
     );
     store.limiter(|c| &mut c.limits);
     store.set_epoch_deadline(1000);
+    let _running = engine.running();
     let filter = pre
         .instantiate_async(&mut store)
         .await
