@@ -192,6 +192,8 @@ pub struct Ctx {
     pub(super) resp: Option<ResponseState>,
     /// When the current call's CPU time is up.
     pub(super) deadline: Option<std::time::Instant>,
+    /// The engine's epoch ticker, paused while the guest waits on the host.
+    pub(super) ticker: Option<Arc<super::Ticker>>,
 }
 
 /// Bytes of a plugin's stderr kept (a panic message fits).
@@ -218,6 +220,7 @@ impl Ctx {
             req: None,
             resp: None,
             deadline: None,
+            ticker: None,
         }
     }
 
@@ -655,6 +658,7 @@ async fn call_upstream(id: Identity, req: Outgoing) -> Result<Incoming, CallErro
 impl UpstreamApi for Ctx {
     async fn call(&mut self, req: Outgoing) -> wasmtime::Result<Result<Incoming, CallError>> {
         let started = std::time::Instant::now();
+        let _waiting = self.ticker.as_ref().map(|t| t.waiting());
         let result = call_upstream(self.id.clone(), req).await;
         self.pause_deadline(started);
         Ok(result)
@@ -675,6 +679,7 @@ impl UpstreamApi for Ctx {
                 .collect());
         }
         let started = std::time::Instant::now();
+        let _waiting = self.ticker.as_ref().map(|t| t.waiting());
         let calls = reqs.into_iter().map(|r| call_upstream(self.id.clone(), r));
         let results = futures_util::future::join_all(calls).await;
         self.pause_deadline(started);
@@ -748,6 +753,7 @@ impl TokensApi for Ctx {
         };
         let set = set.clone();
         let started = std::time::Instant::now();
+        let _waiting = self.ticker.as_ref().map(|t| t.waiting());
         let result = set.verify(&token).await;
         self.pause_deadline(started);
         Ok(result)

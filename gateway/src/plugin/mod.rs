@@ -104,26 +104,56 @@ pub struct PluginEngine {
     engine: Engine,
     linker: Linker<Ctx>,
     ticker_stop: Arc<AtomicBool>,
-    /// Calls into plugins in progress: the epoch ticker sleeps while none is.
-    active: Arc<AtomicUsize>,
-    ticker: std::thread::Thread,
+    ticker: Arc<Ticker>,
 }
 
-/// Held while a plugin runs: keeps the epoch ticker going.
-struct Running<'a>(&'a PluginEngine);
+/// The epoch ticker's switch: it ticks while some plugin code runs, and
+/// sleeps while none does (an idle gateway, or plugins all waiting on
+/// upstream calls).
+pub(crate) struct Ticker {
+    active: Arc<AtomicUsize>,
+    thread: std::thread::Thread,
+}
 
-impl PluginEngine {
-    fn running(&self) -> Running<'_> {
+impl Ticker {
+    /// Guest code runs until the guard is dropped.
+    pub(crate) fn running(self: &Arc<Self>) -> Running {
         if self.active.fetch_add(1, Ordering::AcqRel) == 0 {
-            self.ticker.unpark();
+            self.thread.unpark();
         }
-        Running(self)
+        Running(self.clone())
+    }
+
+    /// Guest code waits on the host until the guard is dropped.
+    pub(crate) fn waiting(self: &Arc<Self>) -> Waiting {
+        self.active.fetch_sub(1, Ordering::AcqRel);
+        Waiting(self.clone())
     }
 }
 
-impl Drop for Running<'_> {
+/// See [`Ticker::running`].
+pub(crate) struct Running(Arc<Ticker>);
+
+impl Drop for Running {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// See [`Ticker::waiting`].
+pub(crate) struct Waiting(Arc<Ticker>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if self.0.active.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.0.thread.unpark();
+        }
+    }
+}
+
+impl PluginEngine {
+    fn running(&self) -> Running {
+        self.ticker.running()
     }
 }
 
@@ -186,8 +216,10 @@ impl PluginEngine {
             engine,
             linker,
             ticker_stop: stop,
-            active,
-            ticker: ticker.thread().clone(),
+            ticker: Arc::new(Ticker {
+                active,
+                thread: ticker.thread().clone(),
+            }),
         }))
     }
 
@@ -200,7 +232,7 @@ impl PluginEngine {
 impl Drop for PluginEngine {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
-        self.ticker.unpark();
+        self.ticker.thread.unpark();
     }
 }
 
@@ -307,6 +339,7 @@ impl Binding {
             Ctx::new(self.id.clone(), self.memory, self.budget.clone()),
         );
         store.limiter(|c| &mut c.limits);
+        store.data_mut().ticker = Some(self.engine.ticker.clone());
         store.epoch_deadline_callback(|cx| {
             Ok(match cx.data().deadline {
                 Some(d) if std::time::Instant::now() < d => {
