@@ -338,7 +338,7 @@ done
 f() { awk "BEGIN { $1 }"; }
 jwt_added=$(f "printf \"%.1f\", ${CPU[jwt]} - ${CPU[none]}")
 jwt_ratio=$(f "printf \"%.2f\", ${CPU[jwt]} / ${CPU[none]}")
-jwt_ok=$(f "print (${CPU[jwt]} <= 40) ? \"met\" : \"missed\"")
+jwt_ok=$(f "print (${CPU[jwt]} - ${CPU[none]} <= 40) ? \"met\" : \"missed\"")
 slowest=0
 seq_sum=0
 for s in "${DIRECT[@]}"; do
@@ -357,7 +357,7 @@ seq_ratio=$(f "printf \"%.2f\", $seq_sum / $home1")
 echo
 echo "Results"
 echo "  1. JWT verification adds $jwt_added us/request of gateway CPU (${CPU[jwt]} vs ${CPU[none]} us without a plugin: ${jwt_ratio}x;"
-echo "     a no-op plugin adds $noop_added us); target <= 40 us for the whole JWT route (${CPU[jwt]} us): $jwt_ok"
+echo "     a no-op plugin adds $noop_added us); target: verification <= 40 us of gateway CPU per request: $jwt_ok"
 echo "  2. /home at $CONNS connections: ${RPS[home]} requests/s, p50 $(ms "${P50[home]}") ms, p99 $(ms "${P99[home]}") ms, ${CPU[home]} us gateway CPU/request"
 echo "     (${CPU[home]} / ${CPU[none]} = $(f "printf \"%.1f\", ${CPU[home]} / ${CPU[none]}")x a plain proxied request; 3 upstream calls each);"
 bound=$(f "printf \"%.0f\", $CONNS * 1e6 / ${P50[home]}")
