@@ -454,11 +454,39 @@ pub fn take(limits: &[Limit]) -> Vec<Bucket> {
     sys::services::take(limits)
 }
 
+/// Why [`verify_jwt`] did not accept a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenError {
+    /// The route does not grant the key set to this plugin: a configuration
+    /// mistake (answer 500), not the client's.
+    NotGranted(String),
+    /// The token is not acceptable (answer 401): malformed, badly signed,
+    /// expired, not yet valid, or naming a key or algorithm the set refuses.
+    Invalid(String),
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenError::NotGranted(s) | TokenError::Invalid(s) => f.write_str(s),
+        }
+    }
+}
+
+impl From<TokenError> for Error {
+    fn from(e: TokenError) -> Self {
+        Error(e.to_string())
+    }
+}
+
 /// Verify a JWT natively in the gateway with the key set `keys` (granted by
-/// the route); its claims on success.
-pub fn verify_jwt(token: &str, keys: &str) -> Result<serde_json::Value, Error> {
-    let claims = sys::services::verify_jwt(token, keys).map_err(Error)?;
-    Ok(serde_json::from_str(&claims)?)
+/// the route: `keys = ["NAME"]`); its claims on success. The gateway checks
+/// the signature, the pinned algorithm, the `kid`, `exp` and `nbf`; the
+/// plugin checks the rest (`iss`, `aud`, ...).
+pub fn verify_jwt(token: &str, keys: &str) -> Result<serde_json::Value, TokenError> {
+    let claims = sys::services::verify_jwt(token, keys)?;
+    serde_json::from_str(&claims)
+        .map_err(|e| TokenError::Invalid(format!("the token's claims are not JSON: {e}")))
 }
 
 /// Add to a counter this plugin names (exported as a Prometheus metric).

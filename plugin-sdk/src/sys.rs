@@ -168,8 +168,11 @@ pub mod services {
             })
             .collect()
     }
-    pub fn verify_jwt(token: &str, keys: &str) -> Result<String, String> {
-        t::verify_jwt(token, keys)
+    pub fn verify_jwt(token: &str, keys: &str) -> Result<String, crate::TokenError> {
+        t::verify_jwt(token, keys).map_err(|e| match e {
+            t::TokenError::NotGranted(s) => crate::TokenError::NotGranted(s),
+            t::TokenError::Invalid(s) => crate::TokenError::Invalid(s),
+        })
     }
     pub fn metric_counter(name: &str, v: u64) {
         m::counter_add(name, v)
@@ -199,7 +202,7 @@ pub mod services {
     pub fn take(limits: &[crate::Limit]) -> Vec<crate::Bucket> {
         with(|h| h.take(limits))
     }
-    pub fn verify_jwt(token: &str, keys: &str) -> Result<String, String> {
+    pub fn verify_jwt(token: &str, keys: &str) -> Result<String, crate::TokenError> {
         with(|h| h.verify(token, keys))
     }
     pub fn metric_counter(name: &str, v: u64) {

@@ -139,6 +139,9 @@ pub struct TestHost {
     pub buckets: HashMap<String, (f64, u64)>,
     /// Tokens the fake verifier knows: (token, key set) → claims or error.
     pub tokens: HashMap<(String, String), Result<serde_json::Value, String>>,
+    /// Key sets granted to the plugin ([`TestHost::token`] and
+    /// [`TestHost::key_set`] grant theirs); others are "not granted".
+    pub key_sets: std::collections::HashSet<String>,
     /// Metrics recorded: (name, value).
     pub metrics: Vec<(String, f64)>,
 }
@@ -194,6 +197,7 @@ impl TestHost {
             counters: HashMap::new(),
             buckets: HashMap::new(),
             tokens: HashMap::new(),
+            key_sets: Default::default(),
             metrics: Vec::new(),
         }
     }
@@ -210,7 +214,9 @@ impl TestHost {
 
     /// Make `token` verify against key set `keys` with these claims
     /// (signatures are the gateway's job; the harness only maps tokens).
+    /// It also grants the key set.
     pub fn token(mut self, token: &str, keys: &str, claims: serde_json::Value) -> TestHost {
+        self.key_sets.insert(keys.into());
         self.tokens.insert((token.into(), keys.into()), Ok(claims));
         self
     }
@@ -267,11 +273,24 @@ impl TestHost {
             .collect()
     }
 
-    pub(crate) fn verify(&self, token: &str, keys: &str) -> Result<String, String> {
+    /// Grant a key set with no known tokens (every token is invalid with it).
+    pub fn key_set(mut self, keys: &str) -> TestHost {
+        self.key_sets.insert(keys.into());
+        self
+    }
+
+    pub(crate) fn verify(&self, token: &str, keys: &str) -> Result<String, crate::TokenError> {
+        if !self.key_sets.contains(keys) {
+            return Err(crate::TokenError::NotGranted(format!(
+                "key set {keys:?} is not granted to this plugin"
+            )));
+        }
         match self.tokens.get(&(token.to_string(), keys.to_string())) {
             Some(Ok(claims)) => Ok(claims.to_string()),
-            Some(Err(e)) => Err(e.clone()),
-            None => Err("invalid token: unknown to the test host".into()),
+            Some(Err(e)) => Err(crate::TokenError::Invalid(e.clone())),
+            None => Err(crate::TokenError::Invalid(
+                "invalid token: unknown to the test host".into(),
+            )),
         }
     }
 

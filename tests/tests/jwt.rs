@@ -338,3 +338,40 @@ async fn jwks_from_an_upstream_is_cached_and_refreshed_on_a_new_kid_at_a_bounded
         200
     );
 }
+
+#[tokio::test]
+async fn a_route_that_does_not_grant_the_key_set_is_a_500_naming_the_plugin() {
+    let up = TestUpstream::start("u").await;
+    let dir = TempDir::new();
+    install_plugin(&dir.path().join("plugins"), "jwt_auth", "jwt-auth@1.0.0");
+    let root = dir.write(
+        "transom.toml",
+        &format!(
+            r#"
+[plugins]
+dir = "plugins"
+
+[upstreams.u]
+endpoints = ["{}"]
+
+[keys.idp]
+pem = "{}"
+algorithms = ["RS256"]
+
+[frontends.web]
+listen = "127.0.0.1:0"
+{}
+"#,
+            up.addr,
+            fixture("k1.pub.pem").display(),
+            ROUTE.replace(r#"keys = ["idp"], "#, "")
+        ),
+    );
+    let gw = TestGateway::start_in(dir, root).await.unwrap();
+    let addr = gw.addr("web").await;
+    let r = with_token(addr, &sign(None, &claims(), &rsa("k1")), &[]).await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(r.text().contains("jwt-auth@1.0.0"), "{}", r.text());
+    assert!(r.text().contains("not granted"), "{}", r.text());
+    assert_eq!(up.requests(), 0);
+}

@@ -19,7 +19,7 @@ pub use generated::transom::plugin::host::{Host as HostServices, Level};
 pub use generated::transom::plugin::metrics::Host as MetricsApi;
 pub use generated::transom::plugin::request::Host as RequestApi;
 pub use generated::transom::plugin::response::Host as ResponseApi;
-pub use generated::transom::plugin::tokens::Host as TokensApi;
+pub use generated::transom::plugin::tokens::{Host as TokensApi, TokenError};
 pub use generated::transom::plugin::upstream::{
     CallError, Host as UpstreamApi, Incoming, Outgoing,
 };

@@ -16,7 +16,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{
     Bucket, CallError, Counter, CountersApi, HostServices, Incoming, Level, Limit, MetricsApi,
-    Outgoing, RequestApi, ResponseApi, TokensApi, UpstreamApi,
+    Outgoing, RequestApi, ResponseApi, TokenError, TokensApi, UpstreamApi,
 };
 use super::services::Services;
 
@@ -740,23 +740,20 @@ impl TokensApi for Ctx {
         &mut self,
         token: String,
         keys: String,
-    ) -> wasmtime::Result<Result<String, String>> {
-        if !self.id.keys.contains(&keys) {
-            return Ok(Err(format!(
-                "key set {keys:?} is not granted to this plugin"
-            )));
-        }
-        let Some(set) = self.id.services.keys.get(&keys) else {
-            return Ok(Err(format!(
-                "key set {keys:?} is not granted to this plugin"
-            )));
+    ) -> wasmtime::Result<Result<String, TokenError>> {
+        let set = match self.id.services.keys.get(&keys) {
+            Some(set) if self.id.keys.contains(&keys) => set.clone(),
+            _ => {
+                return Ok(Err(TokenError::NotGranted(format!(
+                    "key set {keys:?} is not granted to this plugin"
+                ))));
+            }
         };
-        let set = set.clone();
         let started = std::time::Instant::now();
         let _waiting = self.ticker.as_ref().map(|t| t.waiting());
         let result = set.verify(&token).await;
         self.pause_deadline(started);
-        Ok(result)
+        Ok(result.map_err(TokenError::Invalid))
     }
 }
 

@@ -33,7 +33,7 @@ use std::fmt;
 use serde::Deserialize;
 use serde_json::Value;
 use transom_plugin_sdk::{
-    Action, Answer, Error, Level, Plugin, Request, export_plugin, is_managed_header,
+    Action, Answer, Error, Level, Plugin, Request, TokenError, export_plugin, is_managed_header,
 };
 
 /// Default for [`Config::max_token_bytes`].
@@ -642,8 +642,13 @@ impl Plugin for JwtAuth {
         }
         let claims = match transom_plugin_sdk::verify_jwt(&token, &cfg.keys) {
             Ok(claims) => claims,
+            // The route forgot `keys = [...]`: the operator's mistake, a 500
+            // naming this plugin, not the client's 401.
+            Err(TokenError::NotGranted(why)) => return Err(Error(why)),
             // Should the gateway ever quote the token, it is not passed on.
-            Err(e) => return Ok(invalid(&cfg, &e.0.replace(token.as_str(), "[token]"))),
+            Err(TokenError::Invalid(why)) => {
+                return Ok(invalid(&cfg, &why.replace(token.as_str(), "[token]")));
+            }
         };
         let headers = match check_claims(&claims, &cfg).and_then(|()| mapped_headers(&claims, &cfg))
         {
@@ -1093,9 +1098,18 @@ mod tests {
 
     #[test]
     fn wrong_key_set_is_not_accepted() {
+        let mut h = host(json!({"keys": "other"}))
+            .key_set("other")
+            .header("authorization", &format!("Bearer {TOKEN}"));
+        assert_invalid(&mut h);
+    }
+
+    #[test]
+    fn a_key_set_the_route_does_not_grant_is_a_configuration_error() {
         let mut h =
             host(json!({"keys": "other"})).header("authorization", &format!("Bearer {TOKEN}"));
-        assert_invalid(&mut h);
+        let err = h.run_request::<JwtAuth>().unwrap_err();
+        assert!(err.0.contains("not granted"), "{err}");
     }
 
     #[test]
