@@ -194,6 +194,7 @@ pub mod services {
         crate::testing::fake_call(c)
     }
     pub fn call_batch(cs: Vec<Call>) -> Vec<Result<Reply, CallError>> {
+        with(|h| h.batches.push(cs.len()));
         cs.into_iter().map(crate::testing::fake_call).collect()
     }
     pub fn counter_add(key: &str, delta: i64, window_ms: u64) -> (i64, u64) {

@@ -133,6 +133,10 @@ pub struct TestHost {
     pub upstreams: Upstreams,
     /// Calls the plugin made, in order.
     pub calls: Vec<Call>,
+    /// The sizes of the batches made with [`call_all`](crate::call_all), in
+    /// order (the calls themselves are in [`TestHost::calls`]); a batch's
+    /// calls run concurrently in the gateway.
+    pub batches: Vec<usize>,
     /// Counters: key → (value, window end in ms on [`TestHost::now_ms`]'s clock).
     pub counters: HashMap<String, (i64, u64)>,
     /// Token buckets: key → (tokens, last refill in ms on the test clock).
@@ -194,6 +198,7 @@ impl TestHost {
             logs: Vec::new(),
             upstreams: Upstreams::default(),
             calls: Vec::new(),
+            batches: Vec::new(),
             counters: HashMap::new(),
             buckets: HashMap::new(),
             tokens: HashMap::new(),

@@ -706,6 +706,7 @@ mod tests {
                 "products /products?ids=p1,p2",
             ]
         );
+        assert_eq!(host.batches, vec![3, 1], "one concurrent batch per stage");
     }
 
     #[test]
