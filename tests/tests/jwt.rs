@@ -68,6 +68,15 @@ plugins = [{ name = "jwt-auth", version = "1.0.0", keys = ["idp"], config = { ke
 "#;
 
 async fn gateway(up: &TestUpstream, keys: &str, extra_upstreams: &str) -> TestGateway {
+    gateway_with_route(up, keys, extra_upstreams, ROUTE).await
+}
+
+async fn gateway_with_route(
+    up: &TestUpstream,
+    keys: &str,
+    extra_upstreams: &str,
+    route: &str,
+) -> TestGateway {
     let dir = TempDir::new();
     install_plugin(&dir.path().join("plugins"), "jwt_auth", "jwt-auth@1.0.0");
     let root = dir.write(
@@ -86,7 +95,7 @@ endpoints = ["{}"]
 
 [frontends.web]
 listen = "127.0.0.1:0"
-{ROUTE}
+{route}
 "#,
             up.addr
         ),
@@ -342,32 +351,16 @@ async fn jwks_from_an_upstream_is_cached_and_refreshed_on_a_new_kid_at_a_bounded
 #[tokio::test]
 async fn a_route_that_does_not_grant_the_key_set_is_a_500_naming_the_plugin() {
     let up = TestUpstream::start("u").await;
-    let dir = TempDir::new();
-    install_plugin(&dir.path().join("plugins"), "jwt_auth", "jwt-auth@1.0.0");
-    let root = dir.write(
-        "transom.toml",
+    let gw = gateway_with_route(
+        &up,
         &format!(
-            r#"
-[plugins]
-dir = "plugins"
-
-[upstreams.u]
-endpoints = ["{}"]
-
-[keys.idp]
-pem = "{}"
-algorithms = ["RS256"]
-
-[frontends.web]
-listen = "127.0.0.1:0"
-{}
-"#,
-            up.addr,
-            fixture("k1.pub.pem").display(),
-            ROUTE.replace(r#"keys = ["idp"], "#, "")
+            "pem = \"{}\"\nalgorithms = [\"RS256\"]",
+            fixture("k1.pub.pem").display()
         ),
-    );
-    let gw = TestGateway::start_in(dir, root).await.unwrap();
+        "",
+        &ROUTE.replace(r#"keys = ["idp"], "#, ""),
+    )
+    .await;
     let addr = gw.addr("web").await;
     let r = with_token(addr, &sign(None, &claims(), &rsa("k1")), &[]).await;
     assert_eq!(r.status, 500, "{}", r.text());

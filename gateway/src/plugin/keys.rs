@@ -43,13 +43,11 @@ type Keys = Vec<Key>;
 /// One key: for HMAC the secret, for public keys the key parsed once per
 /// pinned algorithm (aws-lc would otherwise parse the DER on every
 /// verification, which costs about as much as the verification itself).
-#[derive(Clone)]
 struct Key {
     kid: Option<String>,
     kind: KeyKind,
 }
 
-#[derive(Clone)]
 enum KeyKind {
     Hmac(DecodingKey),
     Public(Vec<(Algorithm, Arc<ParsedPublicKey>)>),
@@ -335,18 +333,19 @@ impl KeySet {
             return Err(format!("algorithm {:?} is not accepted", header.alg));
         }
         let kid = header.kid.as_deref();
-        let key = match &self.remote {
-            None => lookup(&self.keys, kid)?,
+        let keys: Arc<Keys> = match &self.remote {
+            None => self.keys.clone(),
             Some(remote) => {
                 let keys = remote.keys(false).await;
-                match lookup(&keys, kid) {
-                    Ok(k) => k,
-                    // An unknown kid may be a key the provider just rotated in.
-                    Err(_) if kid.is_some() => lookup(&*remote.keys(true).await, kid)?,
-                    Err(e) => return Err(e),
+                // An unknown kid may be a key the provider just rotated in.
+                if kid.is_some() && lookup(&keys, kid).is_err() {
+                    remote.keys(true).await
+                } else {
+                    keys
                 }
             }
         };
+        let key = &keys[lookup(&keys, kid)?];
         match &key.kind {
             KeyKind::Hmac(secret) => {
                 let mut v = Validation::new(header.alg);
@@ -449,17 +448,17 @@ fn check_header(token: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The key a token names: by `kid`, or the only key when it names none.
-fn lookup(keys: &Keys, kid: Option<&str>) -> Result<Key, String> {
+/// The key a token names (its index): by `kid`, or the only key when it
+/// names none.
+fn lookup(keys: &Keys, kid: Option<&str>) -> Result<usize, String> {
     match kid {
         Some(kid) => keys
             .iter()
-            .find(|k| k.kid.as_deref() == Some(kid))
-            .cloned()
+            .position(|k| k.kid.as_deref() == Some(kid))
             .ok_or_else(|| format!("unknown key id {kid:?}")),
-        None => match keys.as_slice() {
-            [key] => Ok(key.clone()),
-            [] => Err("no keys are available".into()),
+        None => match keys.len() {
+            1 => Ok(0),
+            0 => Err("no keys are available".into()),
             _ => Err("the token names no key (kid) and the key set has several".into()),
         },
     }

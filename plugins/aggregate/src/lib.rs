@@ -624,13 +624,6 @@ mod tests {
         serde_json::from_slice(&a.body).expect("a JSON body")
     }
 
-    fn header<'a>(a: &'a Answer, name: &str) -> Option<&'a str> {
-        a.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
     fn paths(host: &TestHost) -> Vec<String> {
         host.calls
             .iter()
@@ -656,8 +649,8 @@ mod tests {
             .config(&home_config().to_string());
         let a = run(&mut host);
         assert_eq!(a.status, 200);
-        assert_eq!(header(&a, "content-type"), Some("application/json"));
-        assert_eq!(header(&a, "x-transom-partial"), None);
+        assert_eq!(a.header_value("content-type"), Some("application/json"));
+        assert_eq!(a.header_value("x-transom-partial"), None);
         let text = String::from_utf8(a.body.clone()).unwrap();
         assert!(
             text.starts_with(r#"{"profile":{"#) && text.contains(r#"},"orders":{"#),
@@ -760,7 +753,7 @@ mod tests {
             .upstream("products", |c| ok(json!({"at": c.path})))
             .config(&config.to_string());
         let a = run(&mut host);
-        assert_eq!(header(&a, "x-transom-partial"), None);
+        assert_eq!(a.header_value("x-transom-partial"), None);
         assert_eq!(
             body(&a)["products"],
             json!([{"at": "/products/p1?full=1"}, {"at": "/products/p2?full=1"}])
@@ -781,7 +774,7 @@ mod tests {
             .config(&config.to_string());
         let a = run(&mut host);
         assert_eq!(body(&a), json!({"orders": {"orders": []}, "products": []}));
-        assert_eq!(header(&a, "x-transom-partial"), None);
+        assert_eq!(a.header_value("x-transom-partial"), None);
         assert_eq!(host.calls.len(), 1);
     }
 
@@ -806,7 +799,7 @@ mod tests {
             body(&a)["items"],
             json!([{"p": "/items/1"}, null, {"p": "/items/3"}])
         );
-        assert_eq!(header(&a, "x-transom-partial"), Some("items"));
+        assert_eq!(a.header_value("x-transom-partial"), Some("items"));
     }
 
     #[test]
@@ -867,7 +860,7 @@ mod tests {
         );
         // `products` read the failed `orders`: skipped, never called.
         assert_eq!(
-            header(&a, "x-transom-partial"),
+            a.header_value("x-transom-partial"),
             Some("orders,recommendations,products")
         );
         assert!(host.calls.iter().all(|c| c.upstream != "products"));
@@ -886,7 +879,7 @@ mod tests {
             .config(&config.to_string());
         let a = run(&mut host);
         assert_eq!(body(&a)["products"], json!({"ids": ""}));
-        assert_eq!(header(&a, "x-transom-partial"), Some("orders"));
+        assert_eq!(a.header_value("x-transom-partial"), Some("orders"));
     }
 
     #[test]
@@ -897,7 +890,7 @@ mod tests {
             .config(&home_config().to_string());
         let a = run(&mut host);
         assert_eq!(body(&a)["products"], Value::Null);
-        assert_eq!(header(&a, "x-transom-partial"), Some("products"));
+        assert_eq!(a.header_value("x-transom-partial"), Some("products"));
     }
 
     #[test]
@@ -908,7 +901,7 @@ mod tests {
             .config(&home_config().to_string());
         let a = run(&mut host);
         assert_eq!(a.status, 502);
-        assert_eq!(header(&a, "content-type"), Some("application/json"));
+        assert_eq!(a.header_value("content-type"), Some("application/json"));
         assert_eq!(
             body(&a),
             json!({"error": "required call \"profile\" failed: status 500", "call": "profile"})
@@ -982,7 +975,7 @@ mod tests {
             .config(&config.to_string());
         let a = run(&mut host);
         assert_eq!(body(&a), json!({"a": 1, "b": null}));
-        assert_eq!(header(&a, "x-transom-partial"), Some("b"));
+        assert_eq!(a.header_value("x-transom-partial"), Some("b"));
         assert_eq!(paths(&host), vec!["s /a"]);
     }
 
@@ -1027,7 +1020,7 @@ mod tests {
             r#"{"html":null,"empty":null,"redirect":null,"binary":null,"denied":null,"fine":[1, 2]}"#
         );
         assert_eq!(
-            header(&a, "x-transom-partial"),
+            a.header_value("x-transom-partial"),
             Some("html,empty,redirect,binary,denied")
         );
     }
@@ -1050,7 +1043,7 @@ mod tests {
         let mut optional = host.clone().config(&config(false).to_string());
         let a = run(&mut optional);
         assert_eq!(body(&a)["items"], Value::Null);
-        assert_eq!(header(&a, "x-transom-partial"), Some("items"));
+        assert_eq!(a.header_value("x-transom-partial"), Some("items"));
         assert_eq!(paths(&optional), vec!["ids /ids", "ids /other"]);
 
         let mut required = host.clone().config(&config(true).to_string());
@@ -1193,7 +1186,7 @@ mod tests {
             .config(&config.to_string());
         let a = run(&mut host);
         assert_eq!(body(&a), json!({"a": "0123456789abc", "b": null}));
-        assert_eq!(header(&a, "x-transom-partial"), Some("b"));
+        assert_eq!(a.header_value("x-transom-partial"), Some("b"));
         assert!(host.logs.iter().any(|(_, m)| m.contains("max_bytes")));
     }
 

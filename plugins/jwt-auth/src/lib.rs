@@ -703,13 +703,6 @@ mod tests {
         }
     }
 
-    fn header<'a>(a: &'a Answer, name: &str) -> Option<&'a str> {
-        a.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
     fn error(a: &Answer) -> String {
         let body: Value = serde_json::from_slice(&a.body).expect("JSON body");
         body["error"].as_str().expect("error string").to_string()
@@ -723,7 +716,7 @@ mod tests {
     fn assert_invalid(host: &mut TestHost) -> String {
         let a = answer(host);
         assert_eq!(a.status, 401);
-        let challenge = header(&a, "www-authenticate").expect("challenge");
+        let challenge = a.header_value("www-authenticate").expect("challenge");
         assert!(
             challenge.starts_with(
                 r#"Bearer realm="transom", error="invalid_token", error_description=""#
@@ -817,10 +810,10 @@ mod tests {
         let a = answer(&mut h);
         assert_eq!(a.status, 401);
         assert_eq!(
-            header(&a, "www-authenticate"),
+            a.header_value("www-authenticate"),
             Some(r#"Bearer realm="orders""#)
         );
-        assert_eq!(header(&a, "content-type"), Some("application/json"));
+        assert_eq!(a.header_value("content-type"), Some("application/json"));
         assert_eq!(error(&a), "missing token");
         assert_eq!(metric(&h, "rejected"), 1);
 
@@ -828,7 +821,7 @@ mod tests {
         let mut h = host(json!({"keys": "idp"})).header("authorization", "Basic dXNlcjpwdw==");
         let a = answer(&mut h);
         assert_eq!(
-            header(&a, "www-authenticate"),
+            a.header_value("www-authenticate"),
             Some(r#"Bearer realm="transom""#)
         );
 

@@ -536,13 +536,6 @@ mod tests {
         }
     }
 
-    fn header<'a>(a: &'a Answer, name: &str) -> Option<&'a str> {
-        a.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
     fn body(a: &Answer) -> serde_json::Value {
         serde_json::from_slice(&a.body).expect("JSON body")
     }
@@ -570,7 +563,7 @@ mod tests {
             body(&a),
             json!({"error": "rate limit exceeded", "limit": "per-second"})
         );
-        assert_eq!(header(&a, "content-type"), Some("application/json"));
+        assert_eq!(a.header_value("content-type"), Some("application/json"));
         assert_eq!(host.metrics, vec![("limited".to_string(), 1.0)]);
     }
 
@@ -615,12 +608,12 @@ mod tests {
         let a = answer(&mut host).expect("refused by the hourly limit");
         assert_eq!(body(&a)["limit"], "hourly");
         // One hourly token comes back every 20 minutes.
-        assert_eq!(header(&a, "retry-after"), Some("1197"));
+        assert_eq!(a.header_value("retry-after"), Some("1197"));
         assert_eq!(
-            header(&a, "ratelimit-policy"),
+            a.header_value("ratelimit-policy"),
             Some(r#""per-second";q=1;w=1, "hourly";q=3;w=3600"#)
         );
-        assert_eq!(header(&a, "ratelimit"), Some(r#""hourly";r=0;t=3597"#));
+        assert_eq!(a.header_value("ratelimit"), Some(r#""hourly";r=0;t=3597"#));
     }
 
     #[test]
@@ -632,12 +625,12 @@ mod tests {
         }
         let a = answer(&mut host).expect("refused");
         // One token is 100 ms away: Retry-After rounds up to a whole second.
-        assert_eq!(header(&a, "retry-after"), Some("1"));
+        assert_eq!(a.header_value("retry-after"), Some("1"));
         assert_eq!(
-            header(&a, "ratelimit-policy"),
+            a.header_value("ratelimit-policy"),
             Some(r#""per-second";q=10;w=1"#)
         );
-        assert_eq!(header(&a, "ratelimit"), Some(r#""per-second";r=0;t=1"#));
+        assert_eq!(a.header_value("ratelimit"), Some(r#""per-second";r=0;t=1"#));
 
         // 1 per 10 s: 4.5 s after the last request, 5.5 s remain → 6.
         let config = r#"{"limits": [{"name": "slow", "requests": 1, "per": "10s"}]}"#;
@@ -645,8 +638,8 @@ mod tests {
         assert_eq!(answer(&mut host), None);
         host.now_ms = T0 + 4500;
         let a = answer(&mut host).expect("refused");
-        assert_eq!(header(&a, "retry-after"), Some("6"));
-        assert_eq!(header(&a, "ratelimit"), Some(r#""slow";r=0;t=6"#));
+        assert_eq!(a.header_value("retry-after"), Some("6"));
+        assert_eq!(a.header_value("ratelimit"), Some(r#""slow";r=0;t=6"#));
     }
 
     #[test]
