@@ -3,15 +3,21 @@
 # of the gateway with no plugin, a no-op plugin and a header plugin, in both
 # instance modes; then start-up time with 20 cached plugins.
 #
-#   bench/plugins.sh                 # DURATION=5s CONNS=16 by default
+#   bench/plugins.sh                 # DURATION=5s CONNS=16 ROUNDS=3 by default
+#
+# Then `plugin-calls` (bench/src/plugin_calls.rs) runs the same plugins in
+# process, without the network, for the runtime's own cost per request.
 #
 # The gateway runs pinned to CPU 0 with one worker thread; wrk and the
-# upstream share CPU 1. Compare rows of one run: absolute numbers move
-# between runs on a shared machine, differences within a run much less.
+# upstream share CPU 1. The routes are measured in turn, ROUNDS times over;
+# each round's "added" is a route's CPU per request minus the no-plugin
+# route's in the same round, and the table shows the median round (and the
+# spread), because a shared machine's speed drifts over minutes.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DURATION=${DURATION:-5s}
+ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-16}
 UP_PORT=${UP_PORT:-18180}
 GW_PORT=${GW_PORT:-18181}
@@ -50,23 +56,41 @@ for _ in $(seq 200); do curl -sf -o /dev/null "http://127.0.0.1:$GW_PORT/none" &
 curl -sf -o /dev/null "http://127.0.0.1:$GW_PORT/none" || { cat "$TMP/gw.log"; exit 1; }
 
 cpu() { awk '{print $14 + $15}' "/proc/$GW/stat"; }
-printf '\n%-22s %12s %12s %14s %12s\n' route requests/s "p99 ms" "cpu us/req" "added us"
-base=""
-for path in /none /noop-reuse /header-reuse /noop-per-request /header-per-request; do
-  url="http://127.0.0.1:$GW_PORT$path"
-  taskset -c 1 wrk -t1 -c"$CONNS" -d2s "$url" >/dev/null
-  t0=$(cpu)
-  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$url")
-  t1=$(cpu)
-  reqs=$(echo "$out" | awk '/requests in/ {print $1}')
-  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
-  us=$(python3 -c "print(round(($t1-$t0)*1e6/100/$reqs, 2))")
-  [[ -z "$base" ]] && base=$us
-  added=$(python3 -c "print(round($us-$base, 2))")
-  printf '%-22s %12s %12s %14s %12s\n' "$path" "$rps" "$p99" "$us" "$added"
-done
+ROUTES=(/none /noop-reuse /header-reuse /noop-per-request /header-per-request)
+# One line per measured run: round route requests/s p99 cpu-us-per-request
+for round in $(seq "$ROUNDS"); do
+  for path in "${ROUTES[@]}"; do
+    url="http://127.0.0.1:$GW_PORT$path"
+    taskset -c 1 wrk -t1 -c"$CONNS" -d1s "$url" >/dev/null
+    t0=$(cpu)
+    out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$url")
+    t1=$(cpu)
+    reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+    echo "$round $path $rps $p99 $(python3 -c "print(($t1-$t0)*1e6/100/$reqs)")"
+  done
+done > "$TMP/runs.txt"
+python3 - "$TMP/runs.txt" "${ROUTES[@]}" <<'PY'
+import statistics, sys
+runs = [l.split() for l in open(sys.argv[1])]
+routes = sys.argv[2:]
+by = {(int(r), p): (float(rps), p99, float(us)) for r, p, rps, p99, us in runs}
+rounds = sorted({k[0] for k in by})
+print(f"\n{'route':<22} {'requests/s':>12} {'p99':>10} {'cpu us/req':>11} {'added us':>9}  added per round")
+for route in routes:
+    rows = [by[(r, route)] for r in rounds]
+    added = [by[(r, route)][2] - by[(r, routes[0])][2] for r in rounds]
+    mid = statistics.median(added)
+    i = added.index(mid) if mid in added else 0
+    rps, p99, us = rows[i]
+    spread = " ".join(f"{a:.1f}" for a in added)
+    print(f"{route:<22} {rps:>12.0f} {p99:>10} {us:>11.2f} {mid:>9.2f}  [{spread}]")
+PY
 kill "$GW"; wait "$GW" 2>/dev/null || true
+
+# The same plugins in-process, no network: the runtime's own cost.
+taskset -c 0 target/release/plugin-calls "$TMP/plugins" --iterations 20000 --rounds 5
 
 # Start-up with 20 plugins: first start compiles and fills the cache, the
 # second loads from it. Time until the listener answers.

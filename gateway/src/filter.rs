@@ -147,17 +147,20 @@ async fn request_phase(
     }
     *req.method_mut() = state.method;
     *req.headers_mut() = state.headers;
-    let pq = match &state.query {
-        Some(q) => format!("{}?{q}", state.path),
-        None => state.path,
-    };
-    let mut parts = req.uri().clone().into_parts();
-    parts.path_and_query = Some(
-        pq.parse()
-            .map_err(|_| ProxyError::BadRequest("plugins produced an invalid path".into()))?,
-    );
-    *req.uri_mut() = http::Uri::from_parts(parts)
-        .map_err(|e| ProxyError::BadRequest(format!("rewritten URI: {e}")))?;
+    // Most plugins leave the path and query alone: keep the parsed URI.
+    if state.path != req.uri().path() || state.query.as_deref() != req.uri().query() {
+        let pq = match &state.query {
+            Some(q) => format!("{}?{q}", state.path),
+            None => state.path,
+        };
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = Some(
+            pq.parse()
+                .map_err(|_| ProxyError::BadRequest("plugins produced an invalid path".into()))?,
+        );
+        *req.uri_mut() = http::Uri::from_parts(parts)
+            .map_err(|e| ProxyError::BadRequest(format!("rewritten URI: {e}")))?;
+    }
     if let Some(b) = &state.body {
         if let Ok(v) = HeaderValue::from_str(&b.len().to_string()) {
             req.headers_mut().insert(header::CONTENT_LENGTH, v);

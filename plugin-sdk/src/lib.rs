@@ -30,6 +30,7 @@
 extern crate self as transom_plugin_sdk;
 
 use std::fmt;
+use std::rc::Rc;
 
 mod sys;
 #[cfg(not(target_arch = "wasm32"))]
@@ -508,39 +509,46 @@ pub fn metric_observe(name: &str, value: f64) {
 }
 
 /// This plugin's configuration for the current route, deserialised from the
-/// route's `config = { ... }`.
+/// route's `config = { ... }`: a copy of what [`shared_config`] gives.
+pub fn config<T: serde::de::DeserializeOwned + 'static + Clone>() -> Result<T, Error> {
+    shared_config::<T>().map(|c| T::clone(&c))
+}
+
+/// This plugin's configuration for the current route, shared rather than
+/// copied: the cheap way for a plugin to read a large configuration on
+/// every call.
 ///
 /// An instance only ever serves one route's plugin entry, so in the gateway
 /// the parsed value is cached per instance and type: a reused instance
-/// parses its configuration once.
-pub fn config<T: serde::de::DeserializeOwned + Clone + 'static>() -> Result<T, Error> {
+/// parses its configuration once. The cache is a short list, not a
+/// `HashMap`: std's `HashMap` seeds itself from WASI randomness, which in a
+/// fresh instance costs a call out to the host.
+pub fn shared_config<T: serde::de::DeserializeOwned + 'static>() -> Result<Rc<T>, Error> {
     #[cfg(target_arch = "wasm32")]
     {
         use std::any::{Any, TypeId};
         use std::cell::RefCell;
-        use std::collections::HashMap;
         thread_local! {
-            static CACHE: RefCell<HashMap<TypeId, Box<dyn Any>>> = RefCell::new(HashMap::new());
+            static CACHE: RefCell<Vec<(TypeId, Rc<dyn Any>)>> = const { RefCell::new(Vec::new()) };
         }
-        if let Some(hit) = CACHE.with(|c| {
+        let hit = CACHE.with(|c| {
             c.borrow()
-                .get(&TypeId::of::<T>())
-                .and_then(|v| v.downcast_ref::<T>())
-                .cloned()
-        }) {
+                .iter()
+                .find(|(t, _)| *t == TypeId::of::<T>())
+                .and_then(|(_, v)| v.clone().downcast::<T>().ok())
+        });
+        if let Some(hit) = hit {
             return Ok(hit);
         }
-        let parsed: T = serde_json::from_str(&sys::host::config())?;
-        CACHE.with(|c| {
-            c.borrow_mut()
-                .insert(TypeId::of::<T>(), Box::new(parsed.clone()))
-        });
+        let parsed: Rc<T> = Rc::new(serde_json::from_str(&sys::host::config())?);
+        let any: Rc<dyn Any> = parsed.clone();
+        CACHE.with(|c| c.borrow_mut().push((TypeId::of::<T>(), any)));
         Ok(parsed)
     }
     #[cfg(not(target_arch = "wasm32"))]
     {
         // Natively, every TestHost run may carry another config: no cache.
-        Ok(serde_json::from_str(&sys::host::config())?)
+        Ok(Rc::new(serde_json::from_str(&sys::host::config())?))
     }
 }
 

@@ -183,6 +183,11 @@ impl PluginEngine {
             .concurrency_support(false)
             .allocation_strategy(pool)
             .max_wasm_stack(512 * 1024);
+        // `TRANSOM_PERFMAP=1`: write perf's map of JIT code, so that `perf`
+        // names the guest functions a profile lands in.
+        if std::env::var_os("TRANSOM_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(err)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(err)?;

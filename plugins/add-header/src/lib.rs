@@ -21,7 +21,7 @@ impl Plugin for AddHeader {
     const ON_RESPONSE: bool = true;
 
     fn on_request(req: &mut Request) -> Result<Action, Error> {
-        let cfg: Config = transom_plugin_sdk::config()?;
+        let cfg = transom_plugin_sdk::shared_config::<Config>()?;
         for (name, value) in &cfg.request {
             req.set_header(name, value)?;
         }
@@ -29,7 +29,7 @@ impl Plugin for AddHeader {
     }
 
     fn on_response(resp: &mut Response) -> Result<(), Error> {
-        let cfg: Config = transom_plugin_sdk::config()?;
+        let cfg = transom_plugin_sdk::shared_config::<Config>()?;
         for (name, value) in &cfg.response {
             resp.set_header(name, value)?;
         }

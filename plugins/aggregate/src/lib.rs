@@ -72,7 +72,7 @@ pub struct Aggregate;
 
 impl Plugin for Aggregate {
     fn on_request(req: &mut Request) -> Result<Action, Error> {
-        let cfg: Config = transom_plugin_sdk::config()?;
+        let cfg = transom_plugin_sdk::shared_config::<Config>()?;
         let mut made = 0;
         let answer = aggregate(req, &cfg, &mut made);
         transom_plugin_sdk::metric_observe("calls", made as f64);

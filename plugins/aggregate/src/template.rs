@@ -26,7 +26,7 @@
 //! path segment that comes out as `.` or `..` is refused, so no value can
 //! climb out of the path the config wrote.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 
 use serde_json::Value;
 
@@ -131,7 +131,7 @@ impl CallRef {
     pub fn values(&self, result: &Value) -> Vec<String> {
         let mut found = Vec::new();
         collect(result, &self.steps, &mut found);
-        let mut seen = HashSet::new();
+        let mut seen = BTreeSet::new();
         found
             .into_iter()
             .filter_map(|v| match v {

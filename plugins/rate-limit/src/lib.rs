@@ -299,7 +299,7 @@ impl Plugin for RateLimit {
 
     fn on_request(req: &mut Request) -> Result<Action, Error> {
         PENDING.with(|p| p.borrow_mut().take());
-        let cfg: Config = transom_plugin_sdk::config()?;
+        let cfg = transom_plugin_sdk::shared_config::<Config>()?;
 
         let key = match key_value(req, &cfg.key) {
             Some(k) => k,

@@ -425,7 +425,7 @@ impl Plugin for Shape {
     const ON_RESPONSE: bool = true;
 
     fn on_response(resp: &mut Response) -> Result<(), Error> {
-        let cfg: Config = transom_plugin_sdk::config()?;
+        let cfg = transom_plugin_sdk::shared_config::<Config>()?;
         if !cfg.shapes(resp.status()) || !is_json(resp.header("content-type").as_deref()) {
             return Ok(());
         }

@@ -14,9 +14,9 @@ pub struct Template;
 
 impl Plugin for Template {
     fn on_request(req: &mut Request) -> Result<Action, Error> {
-        let cfg: Config = transom_plugin_sdk::config()?;
-        if let Some(name) = cfg.require_header
-            && req.header(&name).is_none()
+        let cfg = transom_plugin_sdk::shared_config::<Config>()?;
+        if let Some(name) = &cfg.require_header
+            && req.header(name).is_none()
         {
             return Ok(Action::Respond(
                 Answer::new(400).body(format!("missing header {name}")),

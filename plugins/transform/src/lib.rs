@@ -32,7 +32,7 @@
 //! The whole configuration is checked when it is parsed: bad header names,
 //! path templates or pointers fail every request with a 500 naming the
 //! plugin, rather than being half applied.
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -164,7 +164,7 @@ impl TryFrom<RawHeaderOps> for HeaderOps {
             ("set", ops.set.iter().map(|(n, _)| n).collect()),
             ("add", ops.add.iter().map(|(n, _)| n).collect()),
         ] {
-            let mut seen = HashSet::new();
+            let mut seen = BTreeSet::new();
             if let Some(dup) = names.into_iter().find(|n| !seen.insert(*n)) {
                 return Err(format!("headers.{field}: {dup:?} is named twice"));
             }
@@ -281,7 +281,7 @@ fn apply_headers(msg: &mut impl Message, ops: &HeaderOps) -> Result<(), Error> {
         for (old, _, _) in &moves {
             msg.drop_header(old);
         }
-        let mut cleared = HashSet::new();
+        let mut cleared = BTreeSet::new();
         for (_, new, values) in &moves {
             if cleared.insert(*new) {
                 msg.drop_header(new);
@@ -422,7 +422,7 @@ fn parse_from(from: &str) -> Result<FromTemplate, String> {
         segments: Vec::new(),
         rest: None,
     };
-    let mut names = HashSet::new();
+    let mut names = BTreeSet::new();
     for (i, part) in parts.iter().enumerate() {
         if let Some(inner) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
             let (name, rest) = match inner.strip_prefix('*') {
@@ -571,9 +571,9 @@ fn rewrite_path(path: &str, rule: &PathRewrite) -> Option<String> {
 fn match_template<'t, 'p>(
     path: &'p str,
     from: &'t FromTemplate,
-) -> Option<(HashMap<&'t str, &'p str>, Option<&'p str>)> {
+) -> Option<(BTreeMap<&'t str, &'p str>, Option<&'p str>)> {
     let mut cursor = Some(path.strip_prefix('/')?);
-    let mut captures = HashMap::new();
+    let mut captures = BTreeMap::new();
     for seg in &from.segments {
         let s = cursor?;
         let (head, tail) = match s.split_once('/') {
@@ -700,13 +700,13 @@ fn edit_query(query: Option<&str>, ops: &QueryOps) -> Option<Option<String>> {
     let mut changed = false;
 
     if !ops.rename.is_empty() {
-        let renames: HashMap<&str, &str> = ops
+        let renames: BTreeMap<&str, &str> = ops
             .rename
             .iter()
             .filter(|(o, n)| o != n)
             .map(|(o, n)| (o.as_str(), n.as_str()))
             .collect();
-        let present: HashSet<&str> = params
+        let present: BTreeSet<&str> = params
             .iter()
             .filter_map(|p| renames.get(p.name.as_str()).copied())
             .collect();
@@ -726,19 +726,19 @@ fn edit_query(query: Option<&str>, ops: &QueryOps) -> Option<Option<String>> {
     }
 
     if !ops.remove.is_empty() {
-        let remove: HashSet<&str> = ops.remove.iter().map(String::as_str).collect();
+        let remove: BTreeSet<&str> = ops.remove.iter().map(String::as_str).collect();
         let before = params.len();
         params.retain(|p| !remove.contains(p.name.as_str()));
         changed |= params.len() != before;
     }
 
     if !ops.set.is_empty() {
-        let set: HashMap<&str, &str> = ops
+        let set: BTreeMap<&str, &str> = ops
             .set
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
-        let mut done: HashSet<&str> = HashSet::new();
+        let mut done: BTreeSet<&str> = BTreeSet::new();
         let mut kept = Vec::with_capacity(params.len() + set.len());
         for mut p in params {
             match set.get_key_value(p.name.as_str()) {
@@ -1237,7 +1237,7 @@ impl Plugin for Transform {
     const ON_RESPONSE: bool = true;
 
     fn on_request(req: &mut Request) -> Result<Action, Error> {
-        let cfg: Config = transom_plugin_sdk::config()?;
+        let cfg = transom_plugin_sdk::shared_config::<Config>()?;
         let rules = &cfg.request;
         apply_headers(req, &rules.headers)?;
         if let Some(rule) = &rules.path
@@ -1255,7 +1255,7 @@ impl Plugin for Transform {
     }
 
     fn on_response(resp: &mut Response) -> Result<(), Error> {
-        let cfg: Config = transom_plugin_sdk::config()?;
+        let cfg = transom_plugin_sdk::shared_config::<Config>()?;
         let rules = &cfg.response;
         if let Some(rule) = &rules.status
             && rule.from.is_none_or(|f| f == resp.status())

@@ -1,0 +1,169 @@
+//! `plugin-calls`: what the plugin runtime itself costs per request, without
+//! the network.
+//!
+//! The HTTP benchmarks (`bench/plugins.sh`) measure a plugin's cost as the
+//! difference between two routes' CPU per request, on top of some 20 µs of
+//! proxying whose noise on a shared machine is as large as a plugin's whole
+//! cost. This binary runs the same bindings the gateway runs (a route's
+//! request phase, then its response phase, in the instance the request phase
+//! used) in a loop on one thread, and prints the time per request for each
+//! plugin and instance mode.
+//!
+//! ```sh
+//! plugin-calls DIR [--iterations N] [--rounds R]
+//! ```
+//!
+//! `DIR` holds `noop@1.0.0.wasm` and `add-header@1.0.0.wasm` (as
+//! `bench/plugins.sh` lays them out). Cases run interleaved, `R` rounds of
+//! `N` requests each; the table shows each case's median round.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use transom::config::{PluginRef, PluginsConfig};
+use transom::plugin::{
+    Binding, Counters, PluginEngine, PluginMetrics, Registry, RequestState, ResponseState, Services,
+};
+
+const CASES: [(&str, &str, &str); 4] = [
+    ("noop", "reuse", ""),
+    ("add-header", "reuse", HEADER_CONFIG),
+    ("noop", "per-request", ""),
+    ("add-header", "per-request", HEADER_CONFIG),
+];
+const HEADER_CONFIG: &str = r#"config = { request = { "x-a" = "1" }, response = { "x-b" = "2" } }"#;
+
+fn request() -> RequestState {
+    let mut headers = HeaderMap::new();
+    headers.insert("host", HeaderValue::from_static("127.0.0.1:8080"));
+    headers.insert("user-agent", HeaderValue::from_static("bench"));
+    headers.insert("accept", HeaderValue::from_static("*/*"));
+    RequestState {
+        method: Method::GET,
+        path: "/bench".into(),
+        query: None,
+        headers,
+        body: None,
+        client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        route: "bench".into(),
+    }
+}
+
+fn response() -> ResponseState {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("text/plain"));
+    headers.insert("content-length", HeaderValue::from_static("64"));
+    ResponseState {
+        status: StatusCode::OK,
+        headers,
+        body: None,
+    }
+}
+
+/// One request through `binding`: request phase, then the response phase
+/// when the plugin has one.
+async fn one(binding: &Arc<Binding>) -> anyhow::Result<()> {
+    let (_, _, held) = binding.on_request(request()).await?;
+    if binding.phases().contains(transom::plugin::Phases::RESPONSE) {
+        binding.on_response(held, response()).await?;
+    }
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let mut dir = None;
+    let (mut iterations, mut rounds) = (20_000u32, 5usize);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--iterations" => iterations = args.next().context("--iterations N")?.parse()?,
+            "--rounds" => rounds = args.next().context("--rounds R")?.parse()?,
+            _ if dir.is_none() => dir = Some(PathBuf::from(a)),
+            other => bail!("unexpected argument {other:?}"),
+        }
+    }
+    let dir = dir.context("usage: plugin-calls DIR [--iterations N] [--rounds R]")?;
+    if iterations == 0 || rounds == 0 {
+        bail!("--iterations and --rounds must be at least 1");
+    }
+
+    let cfg: PluginsConfig = toml::from_str("")?;
+    let engine = PluginEngine::new(&cfg)?;
+    let registry = Registry::new(engine.clone(), &cfg, &dir);
+    let report = registry.sync().await;
+    if let Some((file, why)) = report.failed.first() {
+        bail!("{}: {why}", file.display());
+    }
+    let services = Arc::new(Services {
+        upstreams: Default::default(),
+        keys: Default::default(),
+        counters: Arc::new(Counters::default()),
+        buckets: Default::default(),
+        metrics: Arc::new(PluginMetrics::default()),
+    });
+    let mut bindings = Vec::new();
+    for (name, mode, config) in CASES {
+        let plugin = registry
+            .get(name, "1.0.0")
+            .with_context(|| format!("{name}@1.0.0.wasm is not in {}", dir.display()))?;
+        let r: PluginRef = toml::from_str(&format!(
+            "name = {name:?}\nversion = \"1.0.0\"\ninstance = {mode:?}\n{config}"
+        ))?;
+        let b = Arc::new(Binding::new(
+            engine.clone(),
+            "bench",
+            plugin,
+            &r,
+            services.clone(),
+            None,
+        ));
+        one(&b).await?; // warm: the first instance, the config parse
+        bindings.push(b);
+    }
+
+    // Per case, the time per request of each round.
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); CASES.len() + 1];
+    for _ in 0..rounds {
+        // Baseline: building the states the host hands over, no plugin.
+        let start = Instant::now();
+        for _ in 0..iterations {
+            std::hint::black_box((request(), response()));
+        }
+        times[0].push(start.elapsed().as_secs_f64() * 1e6 / f64::from(iterations));
+        for (i, b) in bindings.iter().enumerate() {
+            let start = Instant::now();
+            for _ in 0..iterations {
+                one(b).await?;
+            }
+            times[i + 1].push(start.elapsed().as_secs_f64() * 1e6 / f64::from(iterations));
+        }
+    }
+
+    println!(
+        "\nplugin runtime per request, no network ({iterations} requests x {rounds} rounds, median round):"
+    );
+    println!("{:<28} {:>10}  rounds", "case", "us/req");
+    let label = |i: usize| match i {
+        0 => "no plugin (states only)".to_string(),
+        i => {
+            let (name, mode, _) = CASES[i - 1];
+            format!("{name} {mode}")
+        }
+    };
+    for (i, t) in times.iter_mut().enumerate() {
+        let rounds_text = t
+            .iter()
+            .map(|v| format!("{v:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        t.sort_by(f64::total_cmp);
+        let median = t[t.len() / 2];
+        println!("{:<28} {median:>10.2}  [{rounds_text}]", label(i));
+    }
+    Ok(())
+}
