@@ -125,6 +125,41 @@ plugins = [{ name = "kit", version = "1.0.0", config = { set = { "x-added" = "1"
 }
 
 #[tokio::test]
+async fn a_query_only_rewrite_reaches_the_upstream_and_an_untouched_uri_stays_exact() {
+    let up = TestUpstream::start("u").await;
+    let gw = gateway(
+        &up,
+        &[("transform", "transform@1.0.0")],
+        r#"
+[[frontends.web.routes]]
+match = { path_prefix = "/q" }
+upstream = "u"
+plugins = [{ name = "transform", version = "1.0.0", config = { request = { query = { set = { page = "2" } } } } }]
+
+[[frontends.web.routes]]
+match = { path_prefix = "/same" }
+upstream = "u"
+plugins = [{ name = "transform", version = "1.0.0", config = { request = { headers = { set = { "x-t" = "1" } } } } }]
+"#,
+    )
+    .await;
+    let addr = gw.addr("web").await;
+    // Path unchanged, query changed: the new query must be forwarded.
+    let j = call(addr, "GET", "/q/items?page=1&x=%41", &[], "")
+        .await
+        .json();
+    assert_eq!(j["path"], "/q/items");
+    assert_eq!(j["query"], "page=2&x=%41");
+    // Neither changed: forwarded byte for byte.
+    let j = call(addr, "GET", "/same/a%2Fb?z=%7E&&y", &[], "")
+        .await
+        .json();
+    assert_eq!(j["path"], "/same/a%2Fb");
+    assert_eq!(j["query"], "z=%7E&&y");
+    assert_eq!(j["headers"]["x-t"], "1");
+}
+
+#[tokio::test]
 async fn a_plugin_answer_short_circuits_the_chain_and_the_upstream() {
     let up = TestUpstream::start("u").await;
     let gw = gateway(
