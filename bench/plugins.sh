@@ -51,7 +51,7 @@ route() { # path plugin-entry
 } > "$TMP/transom.toml"
 
 taskset -c 1 target/release/bench-upstream --listen "127.0.0.1:$UP_PORT" >/dev/null 2>&1 & PIDS+=($!)
-RUST_LOG=warn taskset -c 0 target/release/transom run --config "$TMP/transom.toml" --threads 1 >"$TMP/gw.log" 2>&1 & GW=$!; PIDS+=($GW)
+RUST_LOG=warn taskset -c 0 target/release/transom run --config "$TMP/transom.toml" --threads 1 >"$TMP/gw.log" 2>&1 & GW=$!; PIDS+=("$GW")
 for _ in $(seq 200); do curl -sf -o /dev/null "http://127.0.0.1:$GW_PORT/none" && break; sleep 0.05; done
 curl -sf -o /dev/null "http://127.0.0.1:$GW_PORT/none" || { cat "$TMP/gw.log"; exit 1; }
 
@@ -89,8 +89,14 @@ for route in routes:
 PY
 kill "$GW"; wait "$GW" 2>/dev/null || true
 
-# The same plugins in-process, no network: the runtime's own cost.
+# The same plugins in-process, no network: the runtime's own cost, one
+# request at a time, then with as many requests in flight as the HTTP load
+# has connections (each holding its instance, as the gateway does while the
+# upstream answers).
 taskset -c 0 target/release/plugin-calls "$TMP/plugins" --iterations 20000 --rounds 5
+if [[ "$CONNS" != 1 ]]; then
+  taskset -c 0 target/release/plugin-calls "$TMP/plugins" --iterations 20000 --rounds 5 --inflight "$CONNS"
+fi
 
 # Start-up with 20 plugins: first start compiles and fills the cache, the
 # second loads from it. Time until the listener answers.
@@ -98,7 +104,7 @@ for i in $(seq 0 19); do cp "$WASM/add_header.wasm" "$TMP/plugins/add-header@2.0
 startup() {
   local start end
   start=$(date +%s%N)
-  RUST_LOG=warn taskset -c 0 target/release/transom run --config "$TMP/transom.toml" --threads 1 >"$TMP/gw.log" 2>&1 & GW=$!; PIDS+=($GW)
+  RUST_LOG=warn taskset -c 0 target/release/transom run --config "$TMP/transom.toml" --threads 1 >"$TMP/gw.log" 2>&1 & GW=$!; PIDS+=("$GW")
   until curl -sf -o /dev/null "http://127.0.0.1:$GW_PORT/none"; do sleep 0.005; done
   end=$(date +%s%N)
   kill "$GW"; wait "$GW" 2>/dev/null || true

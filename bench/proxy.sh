@@ -2,26 +2,33 @@
 # Proxy benchmark: wrk against the same fast upstream, directly, through
 # transom, and through nginx. See bench/README.md.
 #
+# The proxies are started once and stay up; the targets are then measured
+# in turn, ROUNDS times over, so that transom and nginx run seconds apart and
+# the machine's drift hits both alike. The report shows per-round medians and
+# the median of the per-round transom/nginx ratios.
+#
 # Environment (all optional):
-#   DURATION=10s        length of each measured wrk run
+#   DURATION=5s         length of each measured wrk run
 #   WARMUP=2s           length of the warm-up run before each measured run
+#   ROUNDS=3            how many times every target x connection count is measured
 #   CONNS="1 16 64"     connection counts to measure
-#   TARGETS="direct transom nginx"
+#   TARGETS="direct transom nginx"   also the order within a round
 #   WRK_THREADS=1       wrk threads (capped at the connection count)
 #   UPSTREAM_THREADS=1  bench-upstream tokio threads
 #   BODY_SIZE=64        upstream response body size in bytes
-#   PROXY_CPU=0         CPU the proxy under test is pinned to
+#   PROXY_CPU=0         CPU the proxies under test are pinned to
 #   LOAD_CPU=1          CPU wrk and the upstream are pinned to
 #   UPSTREAM_PORT, TRANSOM_PORT, NGINX_PORT   fixed ports (default: free ports)
 #   STARTUP_TIMEOUT=15  seconds to wait for a server to answer
 #   TRANSOM_ARGS="--threads 1"  extra arguments appended to `transom run --config FILE`
 #                       (one worker thread, like the one nginx worker)
 #   SKIP_BUILD=1        do not run cargo build
-#   KEEP_TMP=1          keep the temp dir (configs, logs, raw wrk output)
+#   KEEP_TMP=1          keep the temp dir (configs, logs, raw wrk output, runs.txt)
 set -euo pipefail
 
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-5s}
 WARMUP=${WARMUP:-2s}
+ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-"1 16 64"}
 TARGETS=${TARGETS:-"direct transom nginx"}
 WRK_THREADS=${WRK_THREADS:-1}
@@ -63,6 +70,7 @@ for t in $TARGETS; do
     case "$t" in direct | transom | nginx) ;; *) die "unknown target '$t' in TARGETS" ;; esac
 done
 [[ "$WRK_THREADS" =~ ^[1-9][0-9]*$ ]] || die "WRK_THREADS must be a positive integer"
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
 [[ "$STARTUP_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "STARTUP_TIMEOUT must be a positive integer"
 
 [[ -r /proc/self/stat ]] || die "/proc is required (Linux only)"
@@ -206,15 +214,16 @@ children_of() { # direct children of PID
     return 0
 }
 
-cpu_ticks() { # sum of utime+stime (clock ticks) over the given PIDs
-    local total=0 pid line
+cpu_ticks() { # "UTIME STIME" (clock ticks), each summed over the given PIDs
+    local user=0 sys=0 pid line
     local -a f
     for pid in "$@"; do
         line=$(stat_fields "$pid" 2>/dev/null) || continue
         read -r -a f <<<"$line"
-        total=$((total + f[11] + f[12]))
+        user=$((user + f[11]))
+        sys=$((sys + f[12]))
     done
-    echo "$total"
+    echo "$user $sys"
 }
 
 rss_kib() { # sum of VmRSS (KiB) over the given PIDs
@@ -288,11 +297,11 @@ to_us() { # wrk time ("103.00us", "1.25ms", "2.00s", "1.00m") -> microseconds
     }'
 }
 
-# run_wrk CONNS DURATION OUTFILE
+# run_wrk URL CONNS DURATION OUTFILE
 run_wrk() {
-    local conns=$1 dur=$2 out=$3 threads=$WRK_THREADS
+    local url=$1 conns=$2 dur=$3 out=$4 threads=$WRK_THREADS
     ((threads > conns)) && threads=$conns
-    "${PIN_LOAD[@]}" wrk -t"$threads" -c"$conns" -d"$dur" --latency "$URL" >"$out" 2>&1
+    "${PIN_LOAD[@]}" wrk -t"$threads" -c"$conns" -d"$dur" --latency "$url" >"$out" 2>&1
 }
 
 # parse_wrk OUTFILE -> "rps requests p50_us p99_us errors"
@@ -310,82 +319,44 @@ parse_wrk() {
     echo "$rps $reqs $(to_us "$p50") $(to_us "$p99") $errs"
 }
 
-# ------------------------------------------------------------ measurement
+# ---------------------------------------------------------------- targets
 
-declare -A R_RPS R_P50 R_P99 R_CPU R_RSS0 R_RSS1 R_ERR R_NOTE
+# Per target: T_URL is what wrk drives, T_PID the process whose CPU and RSS
+# count (none for direct), T_LOG its log. A target without a URL is not
+# measured (any more): it failed to start or died; T_NOTE says which.
+declare -A T_URL T_PID T_LOG T_NOTE
 FAILED=()
 
-# proxy_pids: the process(es) whose CPU and RSS are attributed to the
-# proxy under test. Empty for direct.
-proxy_pids() {
-    case "$CUR_TARGET" in
-    direct) ;;
-    transom) echo "$CUR_PID" ;;
-    nginx)
-        echo "$CUR_PID"
-        children_of "$CUR_PID"
-        ;;
-    esac
-}
-
-measure_target() {
-    local target=$1 c raw parsed pids t0 t1 rss0 rss1 rps reqs p50 p99 errs
-    for c in $CONNS; do
-        if [[ "$target" != direct ]] && ! alive "$CUR_PID"; then
-            R_NOTE[$target:$c]="proxy died"
-            continue
-        fi
-        log "$target: warm-up ${WARMUP} at $c connections"
-        run_wrk "$c" "$WARMUP" "$TMP/wrk-$target-$c-warmup.txt" ||
-            warn "$target: warm-up wrk run failed (see $TMP/wrk-$target-$c-warmup.txt)"
-
-        mapfile -t pids < <(proxy_pids)
-        t0=$(cpu_ticks "${pids[@]}")
-        rss0=$(rss_kib "${pids[@]}")
-        log "$target: measuring ${DURATION} at $c connections"
-        raw="$TMP/wrk-$target-$c.txt"
-        if ! run_wrk "$c" "$DURATION" "$raw"; then
-            warn "$target: wrk failed at $c connections:"
-            cat "$raw" >&2
-            R_NOTE[$target:$c]="wrk failed"
-            continue
-        fi
-        # Re-read the PID list in case nginx replaced a worker mid-run.
-        mapfile -t pids < <(proxy_pids)
-        t1=$(cpu_ticks "${pids[@]}")
-        rss1=$(rss_kib "${pids[@]}")
-
-        if ! parsed=$(parse_wrk "$raw"); then
-            warn "$target: cannot parse wrk output at $c connections:"
-            cat "$raw" >&2
-            R_NOTE[$target:$c]="unparsable"
-            continue
-        fi
-        read -r rps reqs p50 p99 errs <<<"$parsed"
-        R_RPS[$target:$c]=$rps
-        R_P50[$target:$c]=$p50
-        R_P99[$target:$c]=$p99
-        R_ERR[$target:$c]=$errs
-        if [[ "$target" == direct ]]; then
-            R_CPU[$target:$c]="-"
-            R_RSS0[$target:$c]="-"
-            R_RSS1[$target:$c]="-"
-        else
-            R_CPU[$target:$c]=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$reqs" \
-                'BEGIN { if (n > 0) printf "%.2f", d / hz * 1e6 / n; else print "nan" }')
-            R_RSS0[$target:$c]=$rss0
-            R_RSS1[$target:$c]=$rss1
-        fi
-        if ((errs > 0)); then
-            warn "$target: $errs errors / non-2xx responses at $c connections (see $raw)"
-        fi
-    done
-}
-
 fail_target() { # fail_target TARGET REASON
-    local c
     FAILED+=("$1: $2")
-    for c in $CONNS; do R_NOTE[$1:$c]="not run"; done
+    T_NOTE[$1]="not run"
+    unset "T_URL[$1]" "T_PID[$1]"
+}
+
+# still_up TARGET: false if the target's proxy has exited. The first time,
+# it is reported (with its log) and left out of the remaining runs.
+still_up() {
+    local t=$1 pid=${T_PID[$1]:-} status=0
+    [[ -z "$pid" ]] && return 0
+    alive "$pid" && return 0
+    { wait "$pid"; } 2>/dev/null || status=$?
+    echo "error: $t exited (status $status) during the benchmark" >&2
+    dump_log "$t" "${T_LOG[$t]}"
+    FAILED+=("$t: exited during the benchmark")
+    T_NOTE[$t]="proxy died"
+    unset "T_URL[$t]" "T_PID[$t]"
+    return 1
+}
+
+# proxy_pids TARGET: the process(es) whose CPU and RSS are attributed to the
+# proxy. Empty for direct.
+proxy_pids() {
+    local pid=${T_PID[$1]:-}
+    [[ -n "$pid" ]] || return 0
+    echo "$pid"
+    # nginx does its work in the worker, a child of the master.
+    if [[ "$1" == nginx ]]; then children_of "$pid"; fi
+    return 0
 }
 
 start_upstream() {
@@ -399,19 +370,17 @@ start_upstream() {
     check_response bench-upstream "http://$HOST:$UPSTREAM_PORT/" || die "bench-upstream answers wrongly"
 }
 
-run_direct() {
-    CUR_TARGET=direct CUR_PID=""
-    URL="http://$HOST:$UPSTREAM_PORT/"
-    measure_target direct
+start_direct() {
+    T_URL[direct]="http://$HOST:$UPSTREAM_PORT/"
 }
 
-run_transom() {
+start_transom() {
     if [[ -n "$TRANSOM_BUILD_ERROR" ]]; then
         echo "error: transom: $TRANSOM_BUILD_ERROR" >&2
         fail_target transom "$TRANSOM_BUILD_ERROR"
         return 0
     fi
-    local conf="$TMP/transom.toml" logfile="$TMP/transom.log"
+    local conf="$TMP/transom.toml" logfile="$TMP/transom.log" pid
     cat >"$conf" <<EOF
 [upstreams.bench]
 endpoints = ["$HOST:$UPSTREAM_PORT"]
@@ -427,11 +396,10 @@ EOF
     local -a extra=()
     [[ -n "$TRANSOM_ARGS" ]] && read -r -a extra <<<"$TRANSOM_ARGS"
     RUST_LOG=warn "${PIN_PROXY[@]}" "$TRANSOM_BIN" run --config "$conf" "${extra[@]}" >"$logfile" 2>&1 &
-    CUR_PID=$!
-    CUR_TARGET=transom
-    PIDS+=("$CUR_PID")
-    if ! wait_http transom "http://$HOST:$TRANSOM_PORT/" "$CUR_PID" "$logfile"; then
-        stop_pid "$CUR_PID"
+    pid=$!
+    PIDS+=("$pid")
+    if ! wait_http transom "http://$HOST:$TRANSOM_PORT/" "$pid" "$logfile"; then
+        stop_pid "$pid"
         echo "---- transom config ($conf) ----" >&2
         cat "$conf" >&2
         echo "---- end of transom config ----" >&2
@@ -440,22 +408,17 @@ EOF
     fi
     if ! check_response transom "http://$HOST:$TRANSOM_PORT/"; then
         dump_log transom "$logfile"
-        stop_pid "$CUR_PID"
+        stop_pid "$pid"
         fail_target transom "does not proxy to the upstream"
         return 0
     fi
-    URL="http://$HOST:$TRANSOM_PORT/"
-    measure_target transom
-    if ! alive "$CUR_PID"; then
-        echo "error: transom exited during the benchmark" >&2
-        dump_log transom "$logfile"
-        FAILED+=("transom: exited during the benchmark")
-    fi
-    stop_pid "$CUR_PID"
+    T_URL[transom]="http://$HOST:$TRANSOM_PORT/"
+    T_PID[transom]=$pid
+    T_LOG[transom]=$logfile
 }
 
-run_nginx() {
-    local dir="$TMP/nginx"
+start_nginx() {
+    local dir="$TMP/nginx" pid
     mkdir -p "$dir/logs"
     local conf="$dir/nginx.conf" logfile="$dir/logs/error.log"
     cat >"$conf" <<EOF
@@ -499,26 +462,93 @@ EOF
     fi
     log "starting nginx on $HOST:$NGINX_PORT"
     "${PIN_PROXY[@]}" nginx -c "$conf" -p "$dir/" -e "$logfile" >"$dir/stdout.log" 2>&1 &
-    CUR_PID=$!
-    CUR_TARGET=nginx
-    PIDS+=("$CUR_PID")
-    if ! wait_http nginx "http://$HOST:$NGINX_PORT/" "$CUR_PID" "$logfile"; then
-        stop_pid "$CUR_PID"
+    pid=$!
+    PIDS+=("$pid")
+    if ! wait_http nginx "http://$HOST:$NGINX_PORT/" "$pid" "$logfile"; then
+        stop_pid "$pid"
         fail_target nginx "did not come up"
         return 0
     fi
     if ! check_response nginx "http://$HOST:$NGINX_PORT/"; then
         dump_log nginx "$logfile"
-        stop_pid "$CUR_PID"
+        stop_pid "$pid"
         fail_target nginx "does not proxy to the upstream"
         return 0
     fi
     local workers
-    workers=$(children_of "$CUR_PID" | tr '\n' ' ')
-    log "nginx master $CUR_PID, workers: ${workers:-none found}"
-    URL="http://$HOST:$NGINX_PORT/"
-    measure_target nginx
-    stop_pid "$CUR_PID"
+    workers=$(children_of "$pid" | tr '\n' ' ')
+    log "nginx master $pid, workers: ${workers:-none found}"
+    T_URL[nginx]="http://$HOST:$NGINX_PORT/"
+    T_PID[nginx]=$pid
+    T_LOG[nginx]=$logfile
+}
+
+# ------------------------------------------------------------ measurement
+
+# One value per measured run, keyed TARGET:CONNS:ROUND. A run that gave no
+# numbers leaves no key, and its reason in NOTE[TARGET:CONNS].
+declare -A R_RPS R_P50 R_P99 R_CPU R_USR R_SYS R_RSS0 R_RSS1 R_ERR NOTE
+
+per_req() { # per_req TICKS REQUESTS -> microseconds of CPU per request
+    awk -v d="$1" -v hz="$CLK_TCK" -v n="$2" \
+        'BEGIN { if (n > 0) printf "%.4f", d / hz * 1e6 / n; else print "nan" }'
+}
+
+# measure TARGET CONNS ROUND: one warm-up and one measured run.
+# shellcheck disable=SC2034 # the R_ arrays are read through namerefs in values()
+measure() {
+    local t=$1 c=$2 r=$3 k="$1:$2:$3" raw parsed rps reqs p50 p99 errs
+    local u0 s0 u1 s1 rss0 rss1
+    local -a pids
+    still_up "$t" || return 0
+    log "round $r/$ROUNDS, $t: warm-up ${WARMUP} at $c connections"
+    run_wrk "${T_URL[$t]}" "$c" "$WARMUP" "$TMP/wrk-$t-$c-r$r-warmup.txt" ||
+        warn "$t: warm-up wrk run failed (see $TMP/wrk-$t-$c-r$r-warmup.txt)"
+
+    mapfile -t pids < <(proxy_pids "$t")
+    read -r u0 s0 <<<"$(cpu_ticks "${pids[@]}")"
+    rss0=$(rss_kib "${pids[@]}")
+    log "round $r/$ROUNDS, $t: measuring ${DURATION} at $c connections"
+    raw="$TMP/wrk-$t-$c-r$r.txt"
+    if ! run_wrk "${T_URL[$t]}" "$c" "$DURATION" "$raw"; then
+        warn "$t: wrk failed at $c connections in round $r:"
+        cat "$raw" >&2
+        NOTE[$t:$c]="wrk failed"
+        return 0
+    fi
+    # A proxy that died during the run leaves numbers that mean nothing.
+    if ! still_up "$t"; then
+        NOTE[$t:$c]="proxy died"
+        return 0
+    fi
+    # Re-read the PID list in case nginx replaced a worker mid-run.
+    mapfile -t pids < <(proxy_pids "$t")
+    read -r u1 s1 <<<"$(cpu_ticks "${pids[@]}")"
+    rss1=$(rss_kib "${pids[@]}")
+
+    if ! parsed=$(parse_wrk "$raw"); then
+        warn "$t: cannot parse wrk output at $c connections in round $r:"
+        cat "$raw" >&2
+        NOTE[$t:$c]="unparsable"
+        return 0
+    fi
+    read -r rps reqs p50 p99 errs <<<"$parsed"
+    R_RPS[$k]=$rps
+    R_P50[$k]=$p50
+    R_P99[$k]=$p99
+    R_ERR[$k]=$errs
+    if [[ "$t" != direct ]]; then
+        R_CPU[$k]=$(per_req $((u1 - u0 + s1 - s0)) "$reqs")
+        R_USR[$k]=$(per_req $((u1 - u0)) "$reqs")
+        R_SYS[$k]=$(per_req $((s1 - s0)) "$reqs")
+        R_RSS0[$k]=$rss0
+        R_RSS1[$k]=$rss1
+    fi
+    echo "$r $t $c $rps $reqs $p50 $p99 ${R_CPU[$k]:--} ${R_USR[$k]:--} ${R_SYS[$k]:--}" \
+        "${R_RSS0[$k]:--} ${R_RSS1[$k]:--} $errs" >>"$TMP/runs.txt"
+    if ((errs > 0)); then
+        warn "$t: $errs errors / non-2xx responses at $c connections in round $r (see $raw)"
+    fi
 }
 
 # --------------------------------------------------------------------- run
@@ -528,22 +558,79 @@ cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/n
 nginx_version=$(nginx -v 2>&1 | sed 's/^nginx version: //')
 wrk_version=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }' || true)
 
+echo "round target conns requests/s requests p50_us p99_us cpu_us user_us sys_us" \
+    "rss0_kib rss1_kib errors" >"$TMP/runs.txt"
+
+# Everything is started up front and stays up, so that within a round the
+# targets are measured seconds apart; the idle proxy costs next to nothing.
 start_upstream
 for t in $TARGETS; do
-    "run_$t"
+    "start_$t"
 done
+
+for ((round = 1; round <= ROUNDS; round++)); do
+    for c in $CONNS; do
+        for t in $TARGETS; do
+            [[ -n "${T_URL[$t]:-}" ]] || continue
+            measure "$t" "$c" "$round"
+        done
+    done
+done
+
+# A proxy that died in the last run is reported here, then all are stopped
+# (the trap would too, but the report should not wait for it).
+for t in $TARGETS; do
+    still_up "$t" || true
+done
+for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
 
 # ------------------------------------------------------------------ report
 
+# values ARRAY TARGET CONNS: the array's per-round values, one a line.
+values() {
+    local -n _vals=$1
+    local r
+    for ((r = 1; r <= ROUNDS; r++)); do
+        if [[ -n "${_vals[$2:$3:$r]:-}" ]]; then echo "${_vals[$2:$3:$r]}"; fi
+    done
+    return 0
+}
+
+# median: of the numbers on stdin ("nan" lines skipped), the middle one, or
+# the mean of the middle two for an even count; "nan" if there are none.
+median() {
+    awk '$1 != "" && $1 != "nan"' | sort -g | awk '
+        { v[NR] = $1 }
+        END {
+            if (NR == 0) print "nan"
+            else if (NR % 2) printf "%.4f\n", v[(NR + 1) / 2]
+            else printf "%.4f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2
+        }'
+}
+
+# round_ratios ARRAY CONNS: transom / nginx within each round, one a line,
+# "nan" for a round where either is missing.
+round_ratios() {
+    local -n _vals=$1
+    local r
+    for ((r = 1; r <= ROUNDS; r++)); do
+        awk -v a="${_vals[transom:$2:$r]:-}" -v b="${_vals[nginx:$2:$r]:-}" 'BEGIN {
+            if (a == "" || b == "" || a == "nan" || b == "nan" || b + 0 == 0) print "nan"
+            else printf "%.4f\n", a / b }'
+    done
+}
+
+fmt_num() { # fmt_num PRINTF-FORMAT VALUE: "?" for nan
+    awk -v f="$1" -v v="$2" 'BEGIN { if (v == "" || v == "nan") print "?"; else printf f "\n", v }'
+}
 fmt_ms() { # microseconds -> milliseconds with 3 decimals
     awk -v v="$1" 'BEGIN { if (v == "" || v == "nan") print "?"; else printf "%.3f", v / 1000 }'
 }
 fmt_mib() { # KiB -> MiB with 1 decimal
-    [[ "$1" == "-" ]] && {
-        echo "-"
-        return
-    }
-    awk -v v="$1" 'BEGIN { printf "%.1f", v / 1024 }'
+    awk -v v="$1" 'BEGIN { if (v == "") print "-"; else printf "%.1f", v / 1024 }'
+}
+fmt_ratio() {
+    awk -v v="$1" 'BEGIN { if (v == "" || v == "nan") print "n/a"; else printf "%.2fx", v }'
 }
 
 echo
@@ -551,45 +638,62 @@ echo "Proxy benchmark  $(date -u '+%Y-%m-%d %H:%M:%S UTC')  rev $git_rev"
 echo "  machine: ${cpu_model:-unknown CPU}, $(nproc) CPUs, kernel $(uname -r)"
 echo "  pinning: $PINNING"
 echo "  wrk $wrk_version, $WRK_THREADS thread(s), ${DURATION} per run after ${WARMUP} warm-up"
+echo "  rounds: $ROUNDS, targets in turn within each round; medians over the rounds"
 echo "  upstream: bench-upstream, $BODY_SIZE-byte body, $UPSTREAM_THREADS thread(s)"
 echo "  nginx $nginx_version: 1 worker, keepalive 64 to the upstream"
 echo
-fmt='%-8s %6s %12s %10s %10s %12s %12s %12s %7s\n'
+fmt='%-8s %6s %12s %10s %10s %12s %9s %9s %12s %12s %7s%s\n'
 # shellcheck disable=SC2059
-printf "$fmt" target conns "requests/s" "p50 ms" "p99 ms" "cpu us/req" "rss MiB pre" "rss MiB post" errors
+printf "$fmt" target conns "requests/s" "p50 ms" "p99 ms" "cpu us/req" "user us" "sys us" \
+    "rss MiB pre" "rss MiB post" errors ""
 # shellcheck disable=SC2059
-printf "$fmt" -------- ------ ------------ ---------- ---------- ------------ ------------ ------------ -------
+printf "$fmt" -------- ------ ------------ ---------- ---------- ------------ --------- --------- \
+    ------------ ------------ ------- ""
 for t in $TARGETS; do
     for c in $CONNS; do
-        k="$t:$c"
-        if [[ -n "${R_RPS[$k]:-}" ]]; then
+        mapfile -t rps < <(values R_RPS "$t" "$c")
+        if ((${#rps[@]} == 0)); then
             # shellcheck disable=SC2059
-            printf "$fmt" "$t" "$c" "$(printf '%.0f' "${R_RPS[$k]}")" \
-                "$(fmt_ms "${R_P50[$k]}")" "$(fmt_ms "${R_P99[$k]}")" "${R_CPU[$k]}" \
-                "$(fmt_mib "${R_RSS0[$k]}")" "$(fmt_mib "${R_RSS1[$k]}")" "${R_ERR[$k]}"
-        else
-            # shellcheck disable=SC2059
-            printf "$fmt" "$t" "$c" "${R_NOTE[$k]:-no data}" - - - - - -
+            printf "$fmt" "$t" "$c" "${NOTE[$t:$c]:-${T_NOTE[$t]:-no data}}" - - - - - - - - ""
+            continue
         fi
+        cpu=- usr=- sys=- rss0=- rss1=- partial=""
+        if [[ "$t" != direct ]]; then
+            cpu=$(fmt_num %.2f "$(values R_CPU "$t" "$c" | median)")
+            usr=$(fmt_num %.2f "$(values R_USR "$t" "$c" | median)")
+            sys=$(fmt_num %.2f "$(values R_SYS "$t" "$c" | median)")
+            rss0=$(fmt_mib "$(values R_RSS0 "$t" "$c" | head -n 1)")
+            rss1=$(fmt_mib "$(values R_RSS1 "$t" "$c" | tail -n 1)")
+        fi
+        errs=$(values R_ERR "$t" "$c" | awk '{ s += $1 } END { print s + 0 }')
+        if ((${#rps[@]} < ROUNDS)); then
+            partial="  (${#rps[@]}/$ROUNDS rounds: ${NOTE[$t:$c]:-${T_NOTE[$t]:-?}})"
+        fi
+        # shellcheck disable=SC2059
+        printf "$fmt" "$t" "$c" "$(fmt_num %.0f "$(printf '%s\n' "${rps[@]}" | median)")" \
+            "$(fmt_ms "$(values R_P50 "$t" "$c" | median)")" \
+            "$(fmt_ms "$(values R_P99 "$t" "$c" | median)")" \
+            "$cpu" "$usr" "$sys" "$rss0" "$rss1" "$errs" "$partial"
     done
 done
 
 if [[ " $TARGETS " == *" transom "* && " $TARGETS " == *" nginx "* ]]; then
     echo
-    echo "transom / nginx (requests/s: higher is better; cpu/req: lower is better)"
-    rfmt='%6s %14s %14s\n'
+    echo "transom / nginx, median of the per-round ratios"
+    echo "(requests/s: higher is better; cpu, user, sys: lower is better)"
+    rfmt='%6s %12s %12s %9s %9s  %s\n'
     # shellcheck disable=SC2059
-    printf "$rfmt" conns "requests/s" "cpu us/req"
-    ratio() {
-        awk -v a="${1:-}" -v b="${2:-}" 'BEGIN {
-            if (a == "" || b == "" || a == "nan" || b == "nan" || b + 0 == 0) print "n/a"
-            else printf "%.2fx", a / b }'
-    }
+    printf "$rfmt" conns "requests/s" "cpu us/req" "user us" "sys us" "cpu us/req per round"
     for c in $CONNS; do
+        per_round=$(round_ratios R_CPU "$c" |
+            awk '{ printf "%s%s", (NR > 1 ? " " : ""), ($1 == "nan" ? "n/a" : sprintf("%.2f", $1)) }')
         # shellcheck disable=SC2059
         printf "$rfmt" "$c" \
-            "$(ratio "${R_RPS[transom:$c]:-}" "${R_RPS[nginx:$c]:-}")" \
-            "$(ratio "${R_CPU[transom:$c]:-}" "${R_CPU[nginx:$c]:-}")"
+            "$(fmt_ratio "$(round_ratios R_RPS "$c" | median)")" \
+            "$(fmt_ratio "$(round_ratios R_CPU "$c" | median)")" \
+            "$(fmt_ratio "$(round_ratios R_USR "$c" | median)")" \
+            "$(fmt_ratio "$(round_ratios R_SYS "$c" | median)")" \
+            "[$per_round]"
     done
 fi
 

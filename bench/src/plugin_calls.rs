@@ -10,12 +10,15 @@
 //! plugin and instance mode.
 //!
 //! ```sh
-//! plugin-calls DIR [--iterations N] [--rounds R]
+//! plugin-calls DIR [--iterations N] [--rounds R] [--only CASE] [--inflight N]
 //! ```
 //!
 //! `DIR` holds `noop@1.0.0.wasm` and `add-header@1.0.0.wasm` (as
 //! `bench/plugins.sh` lays them out). Cases run interleaved, `R` rounds of
-//! `N` requests each; the table shows each case's median round.
+//! `N` requests each; the table shows each case's median round. `--only`
+//! keeps the cases whose name contains `CASE` (for a profiler);
+//! `--inflight N` holds `N` requests' instances at once, as a gateway does
+//! while `N` requests wait on the upstream (default 1).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -64,12 +67,25 @@ fn response() -> ResponseState {
     }
 }
 
-/// One request through `binding`: request phase, then the response phase
-/// when the plugin has one.
-async fn one(binding: &Arc<Binding>) -> anyhow::Result<()> {
-    let (_, _, held) = binding.on_request(request()).await?;
-    if binding.phases().contains(transom::plugin::Phases::RESPONSE) {
-        binding.on_response(held, response()).await?;
+/// `n` requests through `binding`, `inflight` at a time: their request
+/// phases, then their response phases (when the plugin has one) in the
+/// instances the request phases used, as a gateway with `inflight` requests
+/// waiting on the upstream holds them.
+async fn requests(binding: &Arc<Binding>, n: u32, inflight: u32) -> anyhow::Result<()> {
+    let respond = binding.phases().contains(transom::plugin::Phases::RESPONSE);
+    let mut held = Vec::with_capacity(inflight as usize);
+    let mut done = 0;
+    while done < n {
+        let batch = inflight.min(n - done);
+        for _ in 0..batch {
+            held.push(binding.on_request(request()).await?.2);
+        }
+        for h in held.drain(..) {
+            if respond {
+                binding.on_response(h, response()).await?;
+            }
+        }
+        done += batch;
     }
     Ok(())
 }
@@ -79,17 +95,23 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let mut dir = None;
     let (mut iterations, mut rounds) = (20_000u32, 5usize);
+    let mut only: Option<String> = None;
+    let mut inflight = 1u32;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--iterations" => iterations = args.next().context("--iterations N")?.parse()?,
             "--rounds" => rounds = args.next().context("--rounds R")?.parse()?,
+            "--only" => only = Some(args.next().context("--only CASE")?),
+            "--inflight" => inflight = args.next().context("--inflight N")?.parse()?,
             _ if dir.is_none() => dir = Some(PathBuf::from(a)),
             other => bail!("unexpected argument {other:?}"),
         }
     }
-    let dir = dir.context("usage: plugin-calls DIR [--iterations N] [--rounds R]")?;
-    if iterations == 0 || rounds == 0 {
-        bail!("--iterations and --rounds must be at least 1");
+    let dir = dir.context(
+        "usage: plugin-calls DIR [--iterations N] [--rounds R] [--only CASE] [--inflight N]",
+    )?;
+    if iterations == 0 || rounds == 0 || inflight == 0 {
+        bail!("--iterations, --rounds and --inflight must be at least 1");
     }
 
     let cfg: PluginsConfig = toml::from_str("")?;
@@ -107,7 +129,14 @@ async fn main() -> anyhow::Result<()> {
         metrics: Arc::new(PluginMetrics::default()),
     });
     let mut bindings = Vec::new();
-    for (name, mode, config) in CASES {
+    let cases: Vec<_> = CASES
+        .iter()
+        .filter(|(name, mode, _)| {
+            only.as_ref()
+                .is_none_or(|o| format!("{name} {mode}").contains(o.as_str()))
+        })
+        .collect();
+    for (name, mode, config) in cases.iter().copied() {
         let plugin = registry
             .get(name, "1.0.0")
             .with_context(|| format!("{name}@1.0.0.wasm is not in {}", dir.display()))?;
@@ -122,12 +151,12 @@ async fn main() -> anyhow::Result<()> {
             services.clone(),
             None,
         ));
-        one(&b).await?; // warm: the first instance, the config parse
+        requests(&b, inflight, inflight).await?; // warm: the first instances, the config parse
         bindings.push(b);
     }
 
     // Per case, the time per request of each round.
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); CASES.len() + 1];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); cases.len() + 1];
     for _ in 0..rounds {
         // Baseline: building the states the host hands over, no plugin.
         let start = Instant::now();
@@ -137,21 +166,19 @@ async fn main() -> anyhow::Result<()> {
         times[0].push(start.elapsed().as_secs_f64() * 1e6 / f64::from(iterations));
         for (i, b) in bindings.iter().enumerate() {
             let start = Instant::now();
-            for _ in 0..iterations {
-                one(b).await?;
-            }
+            requests(b, iterations, inflight).await?;
             times[i + 1].push(start.elapsed().as_secs_f64() * 1e6 / f64::from(iterations));
         }
     }
 
     println!(
-        "\nplugin runtime per request, no network ({iterations} requests x {rounds} rounds, median round):"
+        "\nplugin runtime per request, no network ({iterations} requests x {rounds} rounds, {inflight} in flight, median round):"
     );
     println!("{:<28} {:>10}  rounds", "case", "us/req");
     let label = |i: usize| match i {
         0 => "no plugin (states only)".to_string(),
         i => {
-            let (name, mode, _) = CASES[i - 1];
+            let (name, mode, _) = cases[i - 1];
             format!("{name} {mode}")
         }
     };

@@ -37,6 +37,14 @@ use host::{Ctx, Identity};
 /// Epoch granularity: deadlines are counted in these ticks.
 const TICK: Duration = Duration::from_millis(1);
 
+/// Ticks the ticker keeps ticking after the last plugin call returned,
+/// before it parks. Parking between the calls of a busy gateway would cost
+/// a wake-up syscall and two context switches per tick.
+const LINGER_TICKS: u32 = 100;
+
+/// How long a parked ticker sleeps before it looks again by itself.
+const PARK: Duration = Duration::from_millis(250);
+
 /// Bytes of a pooled linear memory kept resident between instances.
 const KEEP_RESIDENT: usize = 2 << 20;
 
@@ -193,9 +201,9 @@ impl PluginEngine {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(err)?;
         bindings::add_to_linker(&mut linker, |c| c).map_err(err)?;
 
-        // The epoch advances every tick while a plugin runs; an idle
+        // The epoch advances every tick while plugins run; an idle
         // gateway's ticker sleeps (it would otherwise wake 1000 times a
-        // second for nothing).
+        // second for nothing), after lingering for a busy one's next call.
         let stop = Arc::new(AtomicBool::new(false));
         let active = Arc::new(AtomicUsize::new(0));
         let ticker_engine = engine.weak();
@@ -203,10 +211,21 @@ impl PluginEngine {
         let ticker = std::thread::Builder::new()
             .name("transom-epoch".into())
             .spawn(move || {
+                let mut idle = 0u32;
                 while !ticker_stop.load(Ordering::Relaxed) {
                     if ticker_active.load(Ordering::Acquire) == 0 {
-                        std::thread::park_timeout(Duration::from_millis(250));
-                        continue;
+                        idle += 1;
+                        if idle > LINGER_TICKS {
+                            let parked = std::time::Instant::now();
+                            std::thread::park_timeout(PARK);
+                            if parked.elapsed() < PARK {
+                                // Woken by a call: linger after it too.
+                                idle = 0;
+                            }
+                            continue;
+                        }
+                    } else {
+                        idle = 0;
                     }
                     std::thread::sleep(TICK);
                     match ticker_engine.upgrade() {
