@@ -137,6 +137,11 @@ async fn main() -> anyhow::Result<()> {
                 .is_none_or(|o| format!("{name} {mode}").contains(o.as_str()))
         })
         .collect();
+    if let (Some(o), true) = (&only, cases.is_empty()) {
+        bail!(
+            "--only {o:?} matches no case (cases: \"noop reuse\", \"add-header per-request\", ...)"
+        );
+    }
     for (name, mode, config) in cases.iter().copied() {
         let plugin = registry
             .get(name, "1.0.0")

@@ -214,7 +214,7 @@ impl PluginEngine {
                 let mut idle = 0u32;
                 while !ticker_stop.load(Ordering::Relaxed) {
                     if ticker_active.load(Ordering::Acquire) == 0 {
-                        idle += 1;
+                        idle = idle.saturating_add(1);
                         if idle > LINGER_TICKS {
                             let parked = std::time::Instant::now();
                             std::thread::park_timeout(PARK);
