@@ -6,7 +6,8 @@
 #   bench/plugins.sh                 # DURATION=5s CONNS=16 ROUNDS=3 by default
 #
 # Then `plugin-calls` (bench/src/plugin_calls.rs) runs the same plugins in
-# process, without the network, for the runtime's own cost per request.
+# process, without the network, for the runtime's own CPU per request:
+# back to back, with CONNS requests in flight, and with idle gaps.
 #
 # The gateway runs pinned to CPU 0 with one worker thread; wrk and the
 # upstream share CPU 1. The routes are measured in turn, ROUNDS times over;
@@ -97,6 +98,9 @@ taskset -c 0 target/release/plugin-calls "$TMP/plugins" --iterations 20000 --rou
 if [[ "$CONNS" != 1 ]]; then
   taskset -c 0 target/release/plugin-calls "$TMP/plugins" --iterations 20000 --rounds 5 --inflight "$CONNS"
 fi
+# And with the thread idle for 100 us between requests, as a gateway below
+# saturation is: each request starts with colder caches.
+taskset -c 0 target/release/plugin-calls "$TMP/plugins" --iterations 5000 --rounds 5 --gap 100
 
 # Start-up with 20 plugins: first start compiles and fills the cache, the
 # second loads from it. Time until the listener answers.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Proxy benchmark: wrk against the same fast upstream, directly, through
-# transom, and through nginx. See bench/README.md.
+# transom, through nginx, and through hyper-proxy (the least a proxy on
+# tokio and hyper costs: bench/src/hyper_proxy.rs). See bench/README.md.
 #
 # The proxies are started once and stay up; the targets are then measured
 # in turn, ROUNDS times over, so that transom and nginx run seconds apart and
@@ -12,13 +13,13 @@
 #   WARMUP=2s           length of the warm-up run before each measured run
 #   ROUNDS=3            how many times every target x connection count is measured
 #   CONNS="1 16 64"     connection counts to measure
-#   TARGETS="direct transom nginx"   also the order within a round
+#   TARGETS="direct transom nginx hyper"   also the order within a round
 #   WRK_THREADS=1       wrk threads (capped at the connection count)
 #   UPSTREAM_THREADS=1  bench-upstream tokio threads
 #   BODY_SIZE=64        upstream response body size in bytes
 #   PROXY_CPU=0         CPU the proxies under test are pinned to
 #   LOAD_CPU=1          CPU wrk and the upstream are pinned to
-#   UPSTREAM_PORT, TRANSOM_PORT, NGINX_PORT   fixed ports (default: free ports)
+#   UPSTREAM_PORT, TRANSOM_PORT, NGINX_PORT, HYPER_PORT   fixed ports (default: free ports)
 #   STARTUP_TIMEOUT=15  seconds to wait for a server to answer
 #   TRANSOM_ARGS="--threads 1"  extra arguments appended to `transom run --config FILE`
 #                       (one worker thread, like the one nginx worker)
@@ -30,7 +31,7 @@ DURATION=${DURATION:-5s}
 WARMUP=${WARMUP:-2s}
 ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-"1 16 64"}
-TARGETS=${TARGETS:-"direct transom nginx"}
+TARGETS=${TARGETS:-"direct transom nginx hyper"}
 WRK_THREADS=${WRK_THREADS:-1}
 UPSTREAM_THREADS=${UPSTREAM_THREADS:-1}
 BODY_SIZE=${BODY_SIZE:-64}
@@ -60,6 +61,7 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
 TRANSOM_BIN="$TARGET_DIR/release/transom"
 UPSTREAM_BIN="$TARGET_DIR/release/bench-upstream"
+HYPER_BIN="$TARGET_DIR/release/hyper-proxy"
 
 # ------------------------------------------------------------ sanity checks
 
@@ -67,7 +69,7 @@ for c in $CONNS; do
     [[ "$c" =~ ^[1-9][0-9]*$ ]] || die "CONNS must be positive integers, got '$c'"
 done
 for t in $TARGETS; do
-    case "$t" in direct | transom | nginx) ;; *) die "unknown target '$t' in TARGETS" ;; esac
+    case "$t" in direct | transom | nginx | hyper) ;; *) die "unknown target '$t' in TARGETS" ;; esac
 done
 [[ "$WRK_THREADS" =~ ^[1-9][0-9]*$ ]] || die "WRK_THREADS must be a positive integer"
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
@@ -183,14 +185,15 @@ for s in socks:
 EOF
 }
 
-if have python3 && ports=$(free_ports 3 2>/dev/null); then
-    read -r -d '' p1 p2 p3 <<<"$ports" || true
+if have python3 && ports=$(free_ports 4 2>/dev/null); then
+    read -r -d '' p1 p2 p3 p4 <<<"$ports" || true
 else
-    p1=18081 p2=18082 p3=18083
+    p1=18081 p2=18082 p3=18083 p4=18084
 fi
 UPSTREAM_PORT=${UPSTREAM_PORT:-$p1}
 TRANSOM_PORT=${TRANSOM_PORT:-$p2}
 NGINX_PORT=${NGINX_PORT:-$p3}
+HYPER_PORT=${HYPER_PORT:-$p4}
 
 # ------------------------------------------------------------ /proc helpers
 
@@ -417,6 +420,33 @@ EOF
     T_LOG[transom]=$logfile
 }
 
+start_hyper() {
+    local logfile="$TMP/hyper-proxy.log" pid
+    if [[ ! -x "$HYPER_BIN" ]]; then
+        fail_target hyper "$HYPER_BIN not found"
+        return 0
+    fi
+    log "starting hyper-proxy on $HOST:$HYPER_PORT"
+    "${PIN_PROXY[@]}" "$HYPER_BIN" --listen "$HOST:$HYPER_PORT" \
+        --upstream "$HOST:$UPSTREAM_PORT" >"$logfile" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    if ! wait_http hyper "http://$HOST:$HYPER_PORT/" "$pid" "$logfile"; then
+        stop_pid "$pid"
+        fail_target hyper "did not come up on $HOST:$HYPER_PORT"
+        return 0
+    fi
+    if ! check_response hyper "http://$HOST:$HYPER_PORT/"; then
+        dump_log hyper "$logfile"
+        stop_pid "$pid"
+        fail_target hyper "does not proxy to the upstream"
+        return 0
+    fi
+    T_URL[hyper]="http://$HOST:$HYPER_PORT/"
+    T_PID[hyper]=$pid
+    T_LOG[hyper]=$logfile
+}
+
 start_nginx() {
     local dir="$TMP/nginx" pid
     mkdir -p "$dir/logs"
@@ -608,13 +638,13 @@ median() {
         }'
 }
 
-# round_ratios ARRAY CONNS: transom / nginx within each round, one a line,
-# "nan" for a round where either is missing.
+# round_ratios ARRAY CONNS A B: A / B within each round, one a line, "nan"
+# for a round where either is missing.
 round_ratios() {
     local -n _vals=$1
     local r
     for ((r = 1; r <= ROUNDS; r++)); do
-        awk -v a="${_vals[transom:$2:$r]:-}" -v b="${_vals[nginx:$2:$r]:-}" 'BEGIN {
+        awk -v a="${_vals[$3:$2:$r]:-}" -v b="${_vals[$4:$2:$r]:-}" 'BEGIN {
             if (a == "" || b == "" || a == "nan" || b == "nan" || b + 0 == 0) print "nan"
             else printf "%.4f\n", a / b }'
     done
@@ -641,6 +671,7 @@ echo "  wrk $wrk_version, $WRK_THREADS thread(s), ${DURATION} per run after ${WA
 echo "  rounds: $ROUNDS, targets in turn within each round; medians over the rounds"
 echo "  upstream: bench-upstream, $BODY_SIZE-byte body, $UPSTREAM_THREADS thread(s)"
 echo "  nginx $nginx_version: 1 worker, keepalive 64 to the upstream"
+echo "  hyper-proxy: 1 thread, one upstream connection per client connection, nothing else"
 echo
 fmt='%-8s %6s %12s %10s %10s %12s %9s %9s %12s %12s %7s%s\n'
 # shellcheck disable=SC2059
@@ -677,25 +708,33 @@ for t in $TARGETS; do
     done
 done
 
-if [[ " $TARGETS " == *" transom "* && " $TARGETS " == *" nginx "* ]]; then
+# ratios A B: the A / B block, when both were measured.
+ratios() {
+    local a=$1 b=$2 c per_round
+    [[ " $TARGETS " == *" $a "* && " $TARGETS " == *" $b "* ]] || return 0
     echo
-    echo "transom / nginx, median of the per-round ratios"
+    echo "$a / $b, median of the per-round ratios"
     echo "(requests/s: higher is better; cpu, user, sys: lower is better)"
     rfmt='%6s %12s %12s %9s %9s  %s\n'
     # shellcheck disable=SC2059
     printf "$rfmt" conns "requests/s" "cpu us/req" "user us" "sys us" "cpu us/req per round"
     for c in $CONNS; do
-        per_round=$(round_ratios R_CPU "$c" |
+        per_round=$(round_ratios R_CPU "$c" "$a" "$b" |
             awk '{ printf "%s%s", (NR > 1 ? " " : ""), ($1 == "nan" ? "n/a" : sprintf("%.2f", $1)) }')
         # shellcheck disable=SC2059
         printf "$rfmt" "$c" \
-            "$(fmt_ratio "$(round_ratios R_RPS "$c" | median)")" \
-            "$(fmt_ratio "$(round_ratios R_CPU "$c" | median)")" \
-            "$(fmt_ratio "$(round_ratios R_USR "$c" | median)")" \
-            "$(fmt_ratio "$(round_ratios R_SYS "$c" | median)")" \
+            "$(fmt_ratio "$(round_ratios R_RPS "$c" "$a" "$b" | median)")" \
+            "$(fmt_ratio "$(round_ratios R_CPU "$c" "$a" "$b" | median)")" \
+            "$(fmt_ratio "$(round_ratios R_USR "$c" "$a" "$b" | median)")" \
+            "$(fmt_ratio "$(round_ratios R_SYS "$c" "$a" "$b" | median)")" \
             "[$per_round]"
     done
-fi
+}
+ratios transom nginx
+# hyper-proxy is the floor for a proxy on tokio and hyper: against nginx,
+# what the stack costs; transom against it, what transom adds.
+ratios hyper nginx
+ratios transom hyper
 
 if ((${#FAILED[@]})); then
     echo

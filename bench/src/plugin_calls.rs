@@ -10,7 +10,7 @@
 //! plugin and instance mode.
 //!
 //! ```sh
-//! plugin-calls DIR [--iterations N] [--rounds R] [--only CASE] [--inflight N]
+//! plugin-calls DIR [--iterations N] [--rounds R] [--only CASE] [--inflight N] [--gap US]
 //! ```
 //!
 //! `DIR` holds `noop@1.0.0.wasm` and `add-header@1.0.0.wasm` (as
@@ -19,12 +19,17 @@
 //! (the round least disturbed by anything else on the machine). `--only`
 //! keeps the cases whose name contains `CASE` (for a profiler);
 //! `--inflight N` holds `N` requests' instances at once, as a gateway does
-//! while `N` requests wait on the upstream (default 1).
+//! while `N` requests wait on the upstream (default 1). `--gap US` pauses
+//! between requests, as a gateway below saturation idles between them, so
+//! each request starts with colder caches.
+//!
+//! Times are the thread's CPU time. With `--gap`, every row, the baseline
+//! too, includes what the pauses themselves cost (a sleep and a wake-up).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -72,11 +77,17 @@ fn response() -> ResponseState {
 /// phases, then their response phases (when the plugin has one) in the
 /// instances the request phases used, as a gateway with `inflight` requests
 /// waiting on the upstream holds them.
-async fn requests(binding: &Arc<Binding>, n: u32, inflight: u32) -> anyhow::Result<()> {
+async fn requests(
+    binding: &Arc<Binding>,
+    n: u32,
+    inflight: u32,
+    gap: Duration,
+) -> anyhow::Result<()> {
     let respond = binding.phases().contains(transom::plugin::Phases::RESPONSE);
     let mut held = Vec::with_capacity(inflight as usize);
     let mut done = 0;
     while done < n {
+        pause(gap);
         let batch = inflight.min(n - done);
         for _ in 0..batch {
             held.push(binding.on_request(request()).await?.2);
@@ -91,6 +102,25 @@ async fn requests(binding: &Arc<Binding>, n: u32, inflight: u32) -> anyhow::Resu
     Ok(())
 }
 
+/// Idle for `gap` (blocking the thread, as an idle worker blocks in
+/// `epoll_wait`).
+fn pause(gap: Duration) {
+    if !gap.is_zero() {
+        std::thread::sleep(gap);
+    }
+}
+
+/// The benchmark thread's CPU time.
+fn cpu_now() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// Microseconds of CPU per request since `from` (a [`cpu_now`]).
+fn per_request(from: Duration, n: u32) -> f64 {
+    cpu_now().saturating_sub(from).as_secs_f64() * 1e6 / f64::from(n)
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -98,18 +128,20 @@ async fn main() -> anyhow::Result<()> {
     let (mut iterations, mut rounds) = (20_000u32, 5usize);
     let mut only: Option<String> = None;
     let mut inflight = 1u32;
+    let mut gap = Duration::ZERO;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--iterations" => iterations = args.next().context("--iterations N")?.parse()?,
             "--rounds" => rounds = args.next().context("--rounds R")?.parse()?,
             "--only" => only = Some(args.next().context("--only CASE")?),
             "--inflight" => inflight = args.next().context("--inflight N")?.parse()?,
+            "--gap" => gap = Duration::from_micros(args.next().context("--gap US")?.parse()?),
             _ if dir.is_none() => dir = Some(PathBuf::from(a)),
             other => bail!("unexpected argument {other:?}"),
         }
     }
     let dir = dir.context(
-        "usage: plugin-calls DIR [--iterations N] [--rounds R] [--only CASE] [--inflight N]",
+        "usage: plugin-calls DIR [--iterations N] [--rounds R] [--only CASE] [--inflight N] [--gap US]",
     )?;
     if iterations == 0 || rounds == 0 || inflight == 0 {
         bail!("--iterations, --rounds and --inflight must be at least 1");
@@ -157,7 +189,7 @@ async fn main() -> anyhow::Result<()> {
             services.clone(),
             None,
         ));
-        requests(&b, inflight, inflight).await?; // warm: the first instances, the config parse
+        requests(&b, inflight, inflight, Duration::ZERO).await?; // warm: the first instances, the config parse
         bindings.push(b);
     }
 
@@ -165,20 +197,24 @@ async fn main() -> anyhow::Result<()> {
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); cases.len() + 1];
     for _ in 0..rounds {
         // Baseline: building the states the host hands over, no plugin.
-        let start = Instant::now();
-        for _ in 0..iterations {
+        let start = cpu_now();
+        for i in 0..iterations {
+            if i % inflight == 0 {
+                pause(gap);
+            }
             std::hint::black_box((request(), response()));
         }
-        times[0].push(start.elapsed().as_secs_f64() * 1e6 / f64::from(iterations));
+        times[0].push(per_request(start, iterations));
         for (i, b) in bindings.iter().enumerate() {
-            let start = Instant::now();
-            requests(b, iterations, inflight).await?;
-            times[i + 1].push(start.elapsed().as_secs_f64() * 1e6 / f64::from(iterations));
+            let start = cpu_now();
+            requests(b, iterations, inflight, gap).await?;
+            times[i + 1].push(per_request(start, iterations));
         }
     }
 
     println!(
-        "\nplugin runtime per request, no network ({iterations} requests x {rounds} rounds, {inflight} in flight, median and best round):"
+        "\nplugin runtime per request, no network ({iterations} requests x {rounds} rounds, {inflight} in flight, {} us between, CPU per request, median and best round):",
+        gap.as_micros(),
     );
     println!("{:<28} {:>10} {:>8}  rounds", "case", "us/req", "best");
     let label = |i: usize| match i {

@@ -120,7 +120,12 @@ async fn plugins_json(gw: &Gateway) -> serde_json::Value {
     let config = gw.config();
     let mut plugins = Vec::new();
     let mut rejected = Vec::new();
-    for reg in gw.registries().await {
+    let registries = gw.registries().await;
+    // every registry shares one engine, so one epoch tick
+    let tick_ms = registries
+        .first()
+        .map(|r| r.engine().tick().as_secs_f64() * 1000.0);
+    for reg in registries {
         for p in reg.list() {
             let mut used_by = Vec::new();
             for (fname, f) in &config.frontends {
@@ -180,7 +185,12 @@ async fn plugins_json(gw: &Gateway) -> serde_json::Value {
             )
         })
         .collect();
-    serde_json::json!({ "plugins": plugins, "rejected": rejected, "memory_budgets": budgets })
+    serde_json::json!({
+        "plugins": plugins,
+        "rejected": rejected,
+        "memory_budgets": budgets,
+        "deadline_tick_ms": tick_ms,
+    })
 }
 
 /// Plugin counters, in the same exposition (before OpenMetrics' `# EOF`).

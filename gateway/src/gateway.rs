@@ -253,6 +253,17 @@ impl Gateway {
                 reg.sync().await;
                 registries.insert(dir, reg);
             }
+            // deadlines as precise as the shortest plugin timeout needs
+            let shortest = config
+                .frontends
+                .values()
+                .flat_map(|f| &f.routes)
+                .flat_map(|r| &r.plugins)
+                .map(|p| p.timeout.get())
+                .min();
+            if let Some(shortest) = shortest {
+                e.set_shortest_timeout(shortest);
+            }
             engine = Some((pc.clone(), e));
         }
 

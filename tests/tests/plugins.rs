@@ -331,6 +331,15 @@ async fn misbehaving_plugins_fail_their_own_requests_only() {
         "error",
     ];
     let mut routes = ABUSE_ROUTES.to_string();
+    // A route nobody calls, with a short timeout: it sets the deadline tick.
+    routes.push_str(
+        r#"
+[[frontends.web.routes]]
+match = { path_prefix = "/strict" }
+upstream = "u"
+plugins = [{ name = "add-header", version = "1.0.0", timeout = "20ms" }]
+"#,
+    );
     for m in modes {
         for inst in ["reuse", "per-request"] {
             routes.push_str(&abuse_route(m, inst));
@@ -434,6 +443,8 @@ async fn misbehaving_plugins_fail_their_own_requests_only() {
         .clone();
     assert_eq!(entry["errors"], 24);
     assert_eq!(entry["used_by"].as_array().unwrap().len(), 12);
+    // deadlines are checked every tenth of the shortest timeout in use
+    assert_eq!(listing["deadline_tick_ms"], 2.0, "{listing}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

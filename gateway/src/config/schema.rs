@@ -154,7 +154,7 @@ pub struct DirGrant {
 }
 
 impl PluginRef {
-    fn default_timeout() -> Duration {
+    pub(crate) fn default_timeout() -> Duration {
         Duration::from_millis(100)
     }
     fn default_memory() -> ByteSize {

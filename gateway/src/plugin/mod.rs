@@ -1,8 +1,9 @@
 //! WebAssembly plugins: sandboxed per-route policies.
 //!
 //! - [`PluginEngine`]: one wasmtime engine with the pooling allocator and
-//!   epoch interruption (a ticker thread advances the epoch every
-//!   millisecond, and every call sets its deadline first);
+//!   epoch interruption (a ticker thread advances the epoch every tick, a
+//!   tenth of the shortest plugin timeout in use, and every call sets its
+//!   deadline first);
 //! - [`Registry`]: the plugin directory (`NAME@VERSION.wasm`), compiled off
 //!   the request path and cached on disk as precompiled artifacts;
 //! - [`Binding`]: one plugin in one route's chain, with its configuration,
@@ -34,13 +35,17 @@ use crate::config::{InstanceMode, PluginRef, PluginsConfig};
 use bindings::{FilterPlugin, FilterPluginPre};
 use host::{Ctx, Identity};
 
-/// Epoch granularity: deadlines are counted in these ticks.
-const TICK: Duration = Duration::from_millis(1);
+/// Bounds of the epoch tick. A call is stopped at most one tick after its
+/// deadline; each tick costs a thread wake-up (tens of microseconds of CPU
+/// on a virtual machine), so the tick is a tenth of the shortest plugin
+/// timeout in use, kept within these bounds.
+const MIN_TICK: Duration = Duration::from_millis(1);
+const MAX_TICK: Duration = Duration::from_millis(10);
 
-/// Ticks the ticker keeps ticking after the last plugin call returned,
+/// How long the ticker keeps ticking after the last plugin call returned,
 /// before it parks. Parking between the calls of a busy gateway would cost
 /// a wake-up syscall and two context switches per tick.
-const LINGER_TICKS: u32 = 100;
+const LINGER: Duration = Duration::from_millis(100);
 
 /// How long a parked ticker sleeps before it looks again by itself.
 const PARK: Duration = Duration::from_millis(250);
@@ -120,10 +125,17 @@ pub struct PluginEngine {
 /// upstream calls).
 pub(crate) struct Ticker {
     active: Arc<AtomicUsize>,
+    /// The tick, in microseconds.
+    tick_us: Arc<AtomicU64>,
     thread: std::thread::Thread,
 }
 
 impl Ticker {
+    /// The tick for plugins whose shortest timeout is `shortest`.
+    fn tick_for(shortest: Duration) -> Duration {
+        (shortest / 10).clamp(MIN_TICK, MAX_TICK)
+    }
+
     /// Guest code runs until the guard is dropped.
     pub(crate) fn running(self: &Arc<Self>) -> Running {
         if self.active.fetch_add(1, Ordering::AcqRel) == 0 {
@@ -162,6 +174,21 @@ impl Drop for Waiting {
 impl PluginEngine {
     fn running(&self) -> Running {
         self.ticker.running()
+    }
+
+    /// Size the epoch tick for the plugin timeouts in use: a call is stopped
+    /// within a tenth of the shortest one after its deadline (at least 1 ms,
+    /// at most 10 ms).
+    pub fn set_shortest_timeout(&self, shortest: Duration) {
+        let tick = Ticker::tick_for(shortest);
+        self.ticker
+            .tick_us
+            .store(tick.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The current epoch tick.
+    pub fn tick(&self) -> Duration {
+        Duration::from_micros(self.ticker.tick_us.load(Ordering::Relaxed))
     }
 }
 
@@ -206,28 +233,33 @@ impl PluginEngine {
         // second for nothing), after lingering for a busy one's next call.
         let stop = Arc::new(AtomicBool::new(false));
         let active = Arc::new(AtomicUsize::new(0));
+        let tick_us = Arc::new(AtomicU64::new(
+            Ticker::tick_for(PluginRef::default_timeout().get()).as_micros() as u64,
+        ));
         let ticker_engine = engine.weak();
-        let (ticker_stop, ticker_active) = (stop.clone(), active.clone());
+        let (ticker_stop, ticker_active, ticker_tick) =
+            (stop.clone(), active.clone(), tick_us.clone());
         let ticker = std::thread::Builder::new()
             .name("transom-epoch".into())
             .spawn(move || {
-                let mut idle = 0u32;
+                let mut idle = Duration::ZERO;
                 while !ticker_stop.load(Ordering::Relaxed) {
+                    let tick = Duration::from_micros(ticker_tick.load(Ordering::Relaxed));
                     if ticker_active.load(Ordering::Acquire) == 0 {
-                        idle = idle.saturating_add(1);
-                        if idle > LINGER_TICKS {
+                        idle = idle.saturating_add(tick);
+                        if idle > LINGER {
                             let parked = std::time::Instant::now();
                             std::thread::park_timeout(PARK);
                             if parked.elapsed() < PARK {
                                 // Woken by a call: linger after it too.
-                                idle = 0;
+                                idle = Duration::ZERO;
                             }
                             continue;
                         }
                     } else {
-                        idle = 0;
+                        idle = Duration::ZERO;
                     }
-                    std::thread::sleep(TICK);
+                    std::thread::sleep(tick);
                     match ticker_engine.upgrade() {
                         Some(e) => e.increment_epoch(),
                         None => return,
@@ -241,6 +273,7 @@ impl PluginEngine {
             ticker_stop: stop,
             ticker: Arc::new(Ticker {
                 active,
+                tick_us,
                 thread: ticker.thread().clone(),
             }),
         }))
@@ -592,4 +625,28 @@ async fn probe_phases(
         .call_phases(&mut store)
         .await
         .map_err(|e| format!("phases() failed: {e:#}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tick_is_a_tenth_of_the_shortest_timeout_within_bounds() {
+        let ms = Duration::from_millis;
+        assert_eq!(Ticker::tick_for(ms(100)), ms(10));
+        assert_eq!(Ticker::tick_for(ms(30)), ms(3));
+        assert_eq!(Ticker::tick_for(ms(5)), MIN_TICK);
+        assert_eq!(Ticker::tick_for(Duration::ZERO), MIN_TICK);
+        assert_eq!(Ticker::tick_for(Duration::from_secs(10)), MAX_TICK);
+    }
+
+    #[test]
+    fn an_engine_follows_the_shortest_timeout_it_is_given() {
+        let cfg: PluginsConfig = toml::from_str("dir = \"plugins\"").expect("plugins config");
+        let engine = PluginEngine::new(&cfg).expect("engine");
+        assert_eq!(engine.tick(), Duration::from_millis(10));
+        engine.set_shortest_timeout(Duration::from_millis(20));
+        assert_eq!(engine.tick(), Duration::from_millis(2));
+    }
 }
