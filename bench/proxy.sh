@@ -362,6 +362,23 @@ proxy_pids() {
     return 0
 }
 
+# proxy_up TARGET URL PID LOGFILE: wait for the proxy to answer and check
+# that it proxies; on failure it is stopped and left out of the runs.
+proxy_up() {
+    local t=$1 url=$2 pid=$3 logfile=$4
+    if ! wait_http "$t" "$url" "$pid" "$logfile"; then
+        stop_pid "$pid"
+        fail_target "$t" "did not come up on ${url#http://}"
+        return 1
+    fi
+    if ! check_response "$t" "$url"; then
+        dump_log "$t" "$logfile"
+        stop_pid "$pid"
+        fail_target "$t" "does not proxy to the upstream"
+        return 1
+    fi
+}
+
 start_upstream() {
     log "starting bench-upstream on $HOST:$UPSTREAM_PORT"
     "${PIN_LOAD[@]}" "$UPSTREAM_BIN" --listen "$HOST:$UPSTREAM_PORT" \
@@ -401,18 +418,10 @@ EOF
     RUST_LOG=warn "${PIN_PROXY[@]}" "$TRANSOM_BIN" run --config "$conf" "${extra[@]}" >"$logfile" 2>&1 &
     pid=$!
     PIDS+=("$pid")
-    if ! wait_http transom "http://$HOST:$TRANSOM_PORT/" "$pid" "$logfile"; then
-        stop_pid "$pid"
+    if ! proxy_up transom "http://$HOST:$TRANSOM_PORT/" "$pid" "$logfile"; then
         echo "---- transom config ($conf) ----" >&2
         cat "$conf" >&2
         echo "---- end of transom config ----" >&2
-        fail_target transom "did not come up on $HOST:$TRANSOM_PORT (log and config above)"
-        return 0
-    fi
-    if ! check_response transom "http://$HOST:$TRANSOM_PORT/"; then
-        dump_log transom "$logfile"
-        stop_pid "$pid"
-        fail_target transom "does not proxy to the upstream"
         return 0
     fi
     T_URL[transom]="http://$HOST:$TRANSOM_PORT/"
@@ -431,17 +440,7 @@ start_hyper() {
         --upstream "$HOST:$UPSTREAM_PORT" >"$logfile" 2>&1 &
     pid=$!
     PIDS+=("$pid")
-    if ! wait_http hyper "http://$HOST:$HYPER_PORT/" "$pid" "$logfile"; then
-        stop_pid "$pid"
-        fail_target hyper "did not come up on $HOST:$HYPER_PORT"
-        return 0
-    fi
-    if ! check_response hyper "http://$HOST:$HYPER_PORT/"; then
-        dump_log hyper "$logfile"
-        stop_pid "$pid"
-        fail_target hyper "does not proxy to the upstream"
-        return 0
-    fi
+    proxy_up hyper "http://$HOST:$HYPER_PORT/" "$pid" "$logfile" || return 0
     T_URL[hyper]="http://$HOST:$HYPER_PORT/"
     T_PID[hyper]=$pid
     T_LOG[hyper]=$logfile
@@ -494,17 +493,7 @@ EOF
     "${PIN_PROXY[@]}" nginx -c "$conf" -p "$dir/" -e "$logfile" >"$dir/stdout.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
-    if ! wait_http nginx "http://$HOST:$NGINX_PORT/" "$pid" "$logfile"; then
-        stop_pid "$pid"
-        fail_target nginx "did not come up"
-        return 0
-    fi
-    if ! check_response nginx "http://$HOST:$NGINX_PORT/"; then
-        dump_log nginx "$logfile"
-        stop_pid "$pid"
-        fail_target nginx "does not proxy to the upstream"
-        return 0
-    fi
+    proxy_up nginx "http://$HOST:$NGINX_PORT/" "$pid" "$logfile" || return 0
     local workers
     workers=$(children_of "$pid" | tr '\n' ' ')
     log "nginx master $pid, workers: ${workers:-none found}"
