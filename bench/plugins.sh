@@ -4,6 +4,11 @@
 # instance modes; then start-up time with 20 cached plugins.
 #
 #   bench/plugins.sh                 # DURATION=5s CONNS=16 ROUNDS=3 by default
+#   DELAY_MS=1 bench/plugins.sh      # each connection pauses 1 ms between requests
+#
+# By default wrk saturates the gateway; with DELAY_MS every route runs at
+# about the same rate (CONNS / DELAY_MS per millisecond) below saturation,
+# where the gateway idles between requests as most do.
 #
 # Then `plugin-calls` (bench/src/plugin_calls.rs) runs the same plugins in
 # process, without the network, for the runtime's own CPU per request:
@@ -20,6 +25,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DURATION=${DURATION:-5s}
 ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-16}
+DELAY_MS=${DELAY_MS:-}
 UP_PORT=${UP_PORT:-18180}
 GW_PORT=${GW_PORT:-18181}
 TMP=$(mktemp -d)
@@ -31,6 +37,12 @@ need() { command -v "$1" >/dev/null 2>&1; }
 if ! need wrk; then apt-get update -qq && apt-get install -y -qq wrk >/dev/null; fi
 
 cd "$ROOT"
+WRK_SCRIPT=()
+if [[ -n "$DELAY_MS" ]]; then
+  [[ "$DELAY_MS" =~ ^[0-9]+$ ]] || { echo "DELAY_MS must be a whole number of milliseconds" >&2; exit 1; }
+  printf 'function delay()\n  return %s\nend\n' "$DELAY_MS" > "$TMP/delay.lua"
+  WRK_SCRIPT=(-s "$TMP/delay.lua")
+fi
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
 cargo build --release -q -p transom -p transom-bench
 cargo build --release -q --target wasm32-wasip2 --manifest-path plugins/Cargo.toml
@@ -64,7 +76,7 @@ for round in $(seq "$ROUNDS"); do
     url="http://127.0.0.1:$GW_PORT$path"
     taskset -c 1 wrk -t1 -c"$CONNS" -d1s "$url" >/dev/null
     t0=$(cpu)
-    out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$url")
+    out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" "${WRK_SCRIPT[@]}" --latency "$url")
     t1=$(cpu)
     reqs=$(echo "$out" | awk '/requests in/ {print $1}')
     rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')

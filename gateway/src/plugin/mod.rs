@@ -47,6 +47,9 @@ const MAX_TICK: Duration = Duration::from_millis(10);
 /// a wake-up syscall and two context switches per tick.
 const LINGER: Duration = Duration::from_millis(100);
 
+/// How long a plugin's `phases()` may run when it is loaded.
+const PROBE_DEADLINE: Duration = Duration::from_secs(1);
+
 /// How long a parked ticker sleeps before it looks again by itself.
 const PARK: Duration = Duration::from_millis(250);
 
@@ -614,7 +617,9 @@ async fn probe_phases(
         ),
     );
     store.limiter(|c| &mut c.limits);
-    store.set_epoch_deadline(1000);
+    // `phases()` gets a second, whatever the tick.
+    let ticks = PROBE_DEADLINE.as_micros() / engine.tick().as_micros().max(1);
+    store.set_epoch_deadline(ticks.max(1) as u64);
     let _running = engine.running();
     let filter = pre
         .instantiate_async(&mut store)
