@@ -102,6 +102,9 @@ async fn requests(
     Ok(())
 }
 
+const USAGE: &str =
+    "usage: plugin-calls DIR [--iterations N] [--rounds R] [--only CASE] [--inflight N] [--gap US]";
+
 /// Idle for `gap` (blocking the thread, as an idle worker blocks in
 /// `epoll_wait`).
 fn pause(gap: Duration) {
@@ -140,9 +143,7 @@ async fn main() -> anyhow::Result<()> {
             other => bail!("unexpected argument {other:?}"),
         }
     }
-    let dir = dir.context(
-        "usage: plugin-calls DIR [--iterations N] [--rounds R] [--only CASE] [--inflight N] [--gap US]",
-    )?;
+    let dir = dir.context(USAGE)?;
     if iterations == 0 || rounds == 0 || inflight == 0 {
         bail!("--iterations, --rounds and --inflight must be at least 1");
     }

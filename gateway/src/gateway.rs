@@ -260,10 +260,9 @@ impl Gateway {
                 .flat_map(|f| &f.routes)
                 .flat_map(|r| &r.plugins)
                 .map(|p| p.timeout.get())
-                .min();
-            if let Some(shortest) = shortest {
-                e.set_shortest_timeout(shortest);
-            }
+                .min()
+                .unwrap_or_else(|| crate::config::PluginRef::default_timeout().get());
+            e.set_shortest_timeout(shortest);
             engine = Some((pc.clone(), e));
         }
 

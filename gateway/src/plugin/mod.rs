@@ -232,8 +232,8 @@ impl PluginEngine {
         bindings::add_to_linker(&mut linker, |c| c).map_err(err)?;
 
         // The epoch advances every tick while plugins run; an idle
-        // gateway's ticker sleeps (it would otherwise wake 1000 times a
-        // second for nothing), after lingering for a busy one's next call.
+        // gateway's ticker sleeps (it would otherwise wake every tick for
+        // nothing), after lingering for a busy one's next call.
         let stop = Arc::new(AtomicBool::new(false));
         let active = Arc::new(AtomicUsize::new(0));
         let tick_us = Arc::new(AtomicU64::new(
