@@ -26,7 +26,7 @@ use crate::compress;
 use crate::error::ProxyError;
 use crate::frontend::FrontendRuntime;
 use crate::route::RouteMatch;
-use crate::upstream::{Outbound, UpstreamError};
+use crate::upstream::{Outbound, PooledBody, UpstreamError};
 
 /// `x-request-id`
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -41,6 +41,8 @@ pub type Tunnel = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>
 
 /// What the connection knows about its client.
 pub struct ConnInfo {
+    /// Its number on the listener.
+    pub id: u64,
     /// The client's address.
     pub remote: SocketAddr,
     /// Whether the connection is TLS.
@@ -51,18 +53,27 @@ pub struct ConnInfo {
     /// Upgraded tunnels, handed to the connection task so they count against
     /// its limits and close with it.
     pub tunnels: std::sync::Mutex<Vec<Tunnel>>,
+    /// Requests in flight and idle time, for the listener's timeouts.
+    pub activity: crate::frontend::Activity,
 }
 
 impl ConnInfo {
     /// What a connection from `remote` knows.
-    pub fn new(remote: SocketAddr, tls: bool) -> ConnInfo {
+    pub fn new(
+        id: u64,
+        remote: SocketAddr,
+        tls: bool,
+        activity: crate::frontend::Activity,
+    ) -> ConnInfo {
         let client_ip = HeaderValue::try_from(remote.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         ConnInfo {
+            id,
             remote,
             tls,
             client_ip,
             tunnels: std::sync::Mutex::new(Vec::new()),
+            activity,
         }
     }
 }
@@ -71,13 +82,19 @@ impl ConnInfo {
 /// response.
 pub async fn handle(
     rt: Arc<FrontendRuntime>,
-    conn: Arc<ConnInfo>,
+    conn: &ConnInfo,
     req: Request<Incoming>,
 ) -> Result<Response<Logged>, std::convert::Infallible> {
     let start = Instant::now();
 
     // identify
-    let request_id = match req.headers().get(&X_REQUEST_ID) {
+    let present = Present::scan(req.headers());
+    let given = if present.request_id {
+        req.headers().get(&X_REQUEST_ID)
+    } else {
+        None
+    };
+    let request_id = match given {
         Some(v) if !v.is_empty() && v.len() <= 128 => v.clone(),
         _ => new_request_id(),
     };
@@ -100,7 +117,7 @@ pub async fn handle(
     let result = if rt.inflight.is_some() && permit.is_none() {
         Err(ProxyError::Overloaded)
     } else {
-        forward(&rt, &conn, req, &request_id, &mut trace).await
+        forward(&rt, conn, req, present, &request_id, &mut trace).await
     };
     let response = match result {
         Ok(resp) => resp,
@@ -108,7 +125,7 @@ pub async fn handle(
             if e.status().is_server_error() {
                 tracing::debug!(request_id = ?request_id, error = %e, "gateway error");
             }
-            e.into_response(&request_id)
+            e.into_response(&request_id).map(OutBody::boxed)
         }
     };
     let log = AccessLog {
@@ -137,14 +154,16 @@ async fn forward(
     rt: &FrontendRuntime,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
+    mut present: Present,
     request_id: &HeaderValue,
     log: &mut Trace,
-) -> Result<Response<Body>, ProxyError> {
+) -> Result<Response<OutBody>, ProxyError> {
     // route
     // A clone of the header value shares its bytes: no copy.
-    let host_header: Option<HeaderValue> = req
-        .headers()
-        .get(header::HOST)
+    let host_header: Option<HeaderValue> = present
+        .host
+        .then(|| req.headers().get(header::HOST))
+        .flatten()
         .filter(|h| h.to_str().is_ok())
         .cloned()
         .or_else(|| {
@@ -168,7 +187,11 @@ async fn forward(
 
     // admit
     let max_body = rt.limits.max_request_body.bytes();
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
+    if let Some(len) = present
+        .content_length
+        .then(|| req.headers().get(header::CONTENT_LENGTH))
+        .flatten()
+    {
         let len: u64 = len
             .to_str()
             .ok()
@@ -183,22 +206,25 @@ async fn forward(
     let mut plugin_body = None;
     let mut held = crate::filter::Instances::default();
     if !route.chain.is_empty() {
+        // Boxed: routes without plugins do not carry the phases' futures.
         let phase = route
             .chain
             .on_request(route.name.clone(), conn.remote.ip(), req, max_body);
-        let (back, outcome) = phase.await?;
+        let (back, outcome) = Box::pin(phase).await?;
         req = back;
         match outcome {
             crate::filter::RequestOutcome::Respond(mut resp) => {
                 resp.headers_mut()
                     .insert(X_REQUEST_ID.clone(), request_id.clone());
-                return Ok(resp);
+                return Ok(resp.map(OutBody::boxed));
             }
             crate::filter::RequestOutcome::Forward(body, kept) => {
                 plugin_body = body;
                 held = kept;
             }
         }
+        // Plugins may have changed the headers.
+        present = Present::scan(req.headers());
     }
 
     // forward
@@ -209,7 +235,7 @@ async fn forward(
         .as_ref()
         .and_then(|c| compress::negotiate(c, req.headers()));
     let is_head = req.method() == http::Method::HEAD;
-    let upgrade = wants_upgrade(&req);
+    let upgrade = present.upgrade && wants_upgrade(&req);
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let path = route.forward_path(req.uri().path());
@@ -232,14 +258,20 @@ async fn forward(
     } else {
         None
     };
-    strip_hop_by_hop(&mut headers);
+    if present.hop_by_hop {
+        strip_hop_by_hop(&mut headers);
+    }
+    // Room for what is added below, grown once.
+    headers.reserve(4);
     if let Some(proto) = upgrade_proto {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, proto);
     }
-    headers.remove(header::EXPECT);
+    if present.expect {
+        headers.remove(header::EXPECT);
+    }
     if let Some(h) = host_header {
-        if !headers.contains_key(header::HOST) {
+        if !present.host {
             headers.insert(header::HOST, h.clone());
         }
         headers.insert(X_FORWARDED_HOST.clone(), h);
@@ -325,7 +357,7 @@ async fn forward(
         parts
             .headers
             .insert(X_REQUEST_ID.clone(), request_id.clone());
-        return Ok(Response::from_parts(parts, boxed(body)));
+        return Ok(Response::from_parts(parts, OutBody::boxed(boxed(body))));
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -333,17 +365,71 @@ async fn forward(
         .headers
         .insert(X_REQUEST_ID.clone(), request_id.clone());
     parts.version = Version::HTTP_11;
+    let compress = match (encoding, route.compress.as_ref()) {
+        (Some(enc), Some(cfg)) if !is_head => Some((cfg, enc)),
+        _ => None,
+    };
+    if route.chain.is_empty() && compress.is_none() {
+        // The common case: the upstream's body goes out as it is, unboxed.
+        return Ok(Response::from_parts(parts, OutBody::Pooled { body }));
+    }
     let mut resp = Response::from_parts(parts, boxed(body));
     // plugins: response phase
     if !route.chain.is_empty() {
-        resp = route.chain.on_response(resp, max_body, held).await?;
+        resp = Box::pin(route.chain.on_response(resp, max_body, held)).await?;
     }
-    if let (Some(enc), Some(cfg)) = (encoding, route.compress.as_ref())
-        && !is_head
-    {
+    if let Some((cfg, enc)) = compress {
         resp = compress::apply(cfg, enc, resp);
     }
-    Ok(resp)
+    Ok(resp.map(OutBody::boxed))
+}
+
+pin_project! {
+    /// A response body on its way out: the upstream's, straight from its
+    /// pool, or boxed (answers of the gateway and of plugins, bodies that
+    /// plugins or compression changed).
+    #[project = OutBodyProj]
+    enum OutBody {
+        // The upstream's body, untouched.
+        Pooled { #[pin] body: PooledBody },
+        // Any other body.
+        Boxed { #[pin] body: Body },
+    }
+}
+
+impl OutBody {
+    fn boxed(body: Body) -> OutBody {
+        OutBody::Boxed { body }
+    }
+}
+
+impl http_body::Body for OutBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            OutBodyProj::Pooled { body } => body.poll_frame(cx).map_err(Into::into),
+            OutBodyProj::Boxed { body } => body.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            OutBody::Pooled { body } => body.is_end_stream(),
+            OutBody::Boxed { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            OutBody::Pooled { body } => body.size_hint(),
+            OutBody::Boxed { body } => body.size_hint(),
+        }
+    }
 }
 
 fn wants_upgrade<B>(req: &Request<B>) -> bool {
@@ -381,6 +467,39 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Which headers that matter to forwarding a request carries, found in one
+/// pass over its names: cheaper than a hashed lookup for each.
+#[derive(Default, Clone, Copy)]
+struct Present {
+    request_id: bool,
+    host: bool,
+    content_length: bool,
+    upgrade: bool,
+    expect: bool,
+    hop_by_hop: bool,
+}
+
+impl Present {
+    fn scan(headers: &HeaderMap) -> Present {
+        let mut p = Present::default();
+        for name in headers.keys() {
+            match name.as_str() {
+                "host" => p.host = true,
+                "x-request-id" => p.request_id = true,
+                "content-length" => p.content_length = true,
+                "expect" => p.expect = true,
+                "upgrade" => {
+                    p.upgrade = true;
+                    p.hop_by_hop = true;
+                }
+                _ if is_hop_by_hop(name) => p.hop_by_hop = true,
+                _ => {}
+            }
+        }
+        p
+    }
+}
+
 fn hop_by_hop() -> [&'static HeaderName; 9] {
     [
         &header::CONNECTION,
@@ -396,7 +515,18 @@ fn hop_by_hop() -> [&'static HeaderName; 9] {
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    hop_by_hop().contains(&name)
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
 }
 
 fn strip_port(host: &str) -> &str {
@@ -407,18 +537,18 @@ fn strip_port(host: &str) -> &str {
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
 
-/// 16 random bytes as hex, like a UUID without dashes. Written into a stack
-/// buffer: `format!` here showed up in profiles.
+/// 16 random bytes as hex, like a UUID without dashes: two random words,
+/// written a byte (two digits) at a time into a stack buffer.
 fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = [0u8; 32];
-    for (half, bits) in id
-        .chunks_exact_mut(16)
-        .zip([fastrand::u64(..), fastrand::u64(..)])
-    {
-        for (i, c) in half.iter_mut().enumerate() {
-            *c = HEX[((bits >> (60 - 4 * i)) & 0xf) as usize];
-        }
+    let bytes = [
+        fastrand::u64(..).to_be_bytes(),
+        fastrand::u64(..).to_be_bytes(),
+    ];
+    for (pair, b) in id.chunks_exact_mut(2).zip(bytes.iter().flatten()) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
     }
     HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
@@ -482,7 +612,7 @@ pin_project! {
     /// request when it ends (or is dropped half-way).
     pub struct Logged {
         #[pin]
-        inner: Body,
+        inner: OutBody,
         bytes: u64,
         log: Option<Box<AccessLog>>,
     }
@@ -588,6 +718,40 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn one_scan_finds_the_headers_forwarding_needs() {
+        for name in hop_by_hop() {
+            assert!(is_hop_by_hop(name), "{name}");
+        }
+        assert!(!is_hop_by_hop(&header::HOST));
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        h.insert("x-request-id", HeaderValue::from_static("1"));
+        let p = Present::scan(&h);
+        assert!(p.host && p.request_id);
+        assert!(!p.content_length && !p.upgrade && !p.expect && !p.hop_by_hop);
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        let p = Present::scan(&h);
+        assert!(p.hop_by_hop && p.expect && p.content_length && !p.upgrade);
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(Present::scan(&h).upgrade);
+    }
+
+    #[test]
+    fn request_ids_are_32_hex_digits() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        let s = a.to_str().unwrap_or_default();
+        assert_eq!(s.len(), 32);
+        assert!(
+            s.bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
     }
 
     #[test]

@@ -162,6 +162,38 @@ async fn idle_keep_alive_connection_is_closed() {
     );
 }
 
+/// The header-read timeout runs from a request head's first byte: a
+/// keep-alive connection idle for longer than it (but not for
+/// `idle_timeout`) still serves its next request.
+#[tokio::test]
+async fn idle_keep_alive_connection_outlives_the_header_read_timeout() {
+    let up = TestUpstream::start("u").await;
+    let gw = plain(
+        &up,
+        "header_read_timeout = \"200ms\", idle_timeout = \"10s\"",
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr("web").await)
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 65536];
+    for _ in 0..2 {
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+            .await
+            .expect("no answer")
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+}
+
 async fn served_within(
     addr: std::net::SocketAddr,
     within: Duration,

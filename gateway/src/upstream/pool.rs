@@ -256,8 +256,10 @@ impl Pool {
         authority: &Authority,
         now: Instant,
     ) -> Result<Checkout, ConnectError> {
+        // Connecting (TCP, TLS, handshake) is a large future and the rare
+        // path: boxed, it does not grow every request's future.
         if connector.protocol == Protocol::Http2 {
-            return self.checkout_shared(connector, authority).await;
+            return Box::pin(self.checkout_shared(connector, authority)).await;
         }
         loop {
             let Some(Idle { mut tx, since }) = self.idle().pop() else {
@@ -276,7 +278,7 @@ impl Pool {
             }
         }
         Ok(Checkout {
-            sender: connector.connect(authority).await?,
+            sender: Box::pin(connector.connect(authority)).await?,
             reused: false,
         })
     }
