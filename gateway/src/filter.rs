@@ -75,21 +75,8 @@ impl Chain {
         max_body: u64,
         held: Instances,
     ) -> impl Future<Output = Result<Response<Body>, ProxyError>> + Send + 'static {
-        response_phase(self.with(Phases::RESPONSE, true), resp, max_body, held)
-    }
-
-    /// The bindings that implement `phase`, optionally reversed.
-    fn with(&self, phase: Phases, reverse: bool) -> Vec<Arc<Binding>> {
-        let mut v: Vec<Arc<Binding>> = Vec::with_capacity(self.plugins.len());
-        for b in self.plugins.iter() {
-            if b.phases().contains(phase) {
-                v.push(b.clone());
-            }
-        }
-        if reverse {
-            v.reverse();
-        }
-        v
+        let all = self.plugins.len();
+        response_phase(self.plugins.clone(), all, resp, max_body, held)
     }
 }
 
@@ -100,15 +87,16 @@ async fn request_phase(
     mut req: Request<Incoming>,
     max_body: u64,
 ) -> Result<(Request<Incoming>, RequestOutcome), ProxyError> {
-    let plugins: Vec<(usize, &Arc<Binding>)> = chain
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| b.phases().contains(Phases::REQUEST))
-        .collect();
-    if plugins.is_empty() {
+    let plugins = || {
+        chain
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.phases().contains(Phases::REQUEST))
+    };
+    if plugins().next().is_none() {
         return Ok((req, RequestOutcome::Forward(None, Instances::default())));
     }
-    let body = if plugins.iter().any(|(_, b)| b.body) {
+    let body = if plugins().any(|(_, b)| b.body) {
         Some(read_limited(req.body_mut(), max_body).await?)
     } else {
         None
@@ -123,7 +111,7 @@ async fn request_phase(
         route,
     };
     let mut held = Instances::default();
-    for (pos, binding) in plugins {
+    for (pos, binding) in plugins() {
         let (next, decision, kept) = binding.on_request(state).await.map_err(plugin_error)?;
         state = next;
         if let Some(h) = kept {
@@ -135,13 +123,7 @@ async fn request_phase(
             // CORS plugin decorates an auth plugin's 401, a shaping plugin
             // shapes an aggregation).
             let resp = answer_response(answer, &binding.plugin.id)?;
-            let before: Vec<Arc<Binding>> = chain[..pos]
-                .iter()
-                .rev()
-                .filter(|b| b.phases().contains(Phases::RESPONSE))
-                .cloned()
-                .collect();
-            let resp = response_phase(before, resp, max_body, held).await?;
+            let resp = response_phase(chain.clone(), pos, resp, max_body, held).await?;
             return Ok((req, RequestOutcome::Respond(resp)));
         }
     }
@@ -170,17 +152,25 @@ async fn request_phase(
     Ok((req, RequestOutcome::Forward(state.body, held)))
 }
 
+/// The response phases of `chain[..upto]`, last plugin first.
 async fn response_phase(
-    plugins: Vec<Arc<Binding>>,
+    chain: Arc<[Arc<Binding>]>,
+    upto: usize,
     resp: Response<Body>,
     max_body: u64,
     mut held: Instances,
 ) -> Result<Response<Body>, ProxyError> {
-    if plugins.is_empty() {
+    let plugins = || {
+        chain[..upto.min(chain.len())]
+            .iter()
+            .rev()
+            .filter(|b| b.phases().contains(Phases::RESPONSE))
+    };
+    if plugins().next().is_none() {
         return Ok(resp);
     }
     let (parts, body) = resp.into_parts();
-    let (stream, buffered) = if plugins.iter().any(|b| b.body) {
+    let (stream, buffered) = if plugins().any(|b| b.body) {
         (None, Some(read_limited_body(body, max_body).await?))
     } else {
         (Some(body), None)
@@ -190,8 +180,8 @@ async fn response_phase(
         headers: parts.headers,
         body: buffered,
     };
-    for binding in plugins {
-        let kept = held.take(&binding);
+    for binding in plugins() {
+        let kept = held.take(binding);
         state = binding
             .on_response(kept, state)
             .await

@@ -194,7 +194,14 @@ pub struct Ctx {
     pub(super) deadline: Option<std::time::Instant>,
     /// The engine's epoch ticker, paused while the guest waits on the host.
     pub(super) ticker: Option<Arc<super::Ticker>>,
+    /// Header names this instance has set, parsed once: a reused instance
+    /// that sets the same headers on every request skips parsing and
+    /// allocating them.
+    names: Vec<HeaderName>,
 }
+
+/// Header names an instance keeps parsed.
+const KEPT_NAMES: usize = 16;
 
 /// Bytes of a plugin's stderr kept (a panic message fits).
 const STDERR_CAPACITY: usize = 64 * 1024;
@@ -221,6 +228,32 @@ impl Ctx {
             resp: None,
             deadline: None,
             ticker: None,
+            names: Vec::new(),
+        }
+    }
+
+    /// Whether the plugin ever used WASI (and so may have written to stderr).
+    pub(super) fn used_wasi(&self) -> bool {
+        self.wasi.is_some()
+    }
+
+    fn req_headers(&mut self) -> wasmtime::Result<(&mut HeaderMap, &mut Vec<HeaderName>)> {
+        let Ctx { req, names, .. } = self;
+        match req {
+            Some(r) => Ok((&mut r.headers, names)),
+            None => Err(wasmtime::format_err!(
+                "the request is only available in on-request"
+            )),
+        }
+    }
+
+    fn resp_headers(&mut self) -> wasmtime::Result<(&mut HeaderMap, &mut Vec<HeaderName>)> {
+        let Ctx { resp, names, .. } = self;
+        match resp {
+            Some(r) => Ok((&mut r.headers, names)),
+            None => Err(wasmtime::format_err!(
+                "the response is only available in on-response"
+            )),
         }
     }
 
@@ -299,6 +332,24 @@ impl WasiView for Ctx {
     }
 }
 
+/// `name` parsed, from `kept` when it was parsed before.
+fn kept_name(kept: &mut Vec<HeaderName>, name: &str) -> Result<HeaderName, String> {
+    // Names in `kept` are valid and lower-case: an input that matches one
+    // ignoring ASCII case parses to it.
+    if let Some(n) = kept
+        .iter()
+        .find(|n| n.as_str().as_bytes().eq_ignore_ascii_case(name.as_bytes()))
+    {
+        return Ok(n.clone());
+    }
+    let n = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("{name:?} is not a valid header name"))?;
+    if kept.len() < KEPT_NAMES {
+        kept.push(n.clone());
+    }
+    Ok(n)
+}
+
 fn header_pair(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
     let n = HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| format!("{name:?} is not a valid header name"))?;
@@ -340,7 +391,7 @@ const MAX_HEADER_VALUE: usize = 16 * 1024;
 const MAX_HEADERS: usize = 200;
 
 fn set_header(
-    headers: &mut HeaderMap,
+    (headers, kept): (&mut HeaderMap, &mut Vec<HeaderName>),
     name: &str,
     value: &str,
     append: bool,
@@ -354,7 +405,9 @@ fn set_header(
     if headers.len() >= MAX_HEADERS {
         return Err(format!("at most {MAX_HEADERS} headers are allowed"));
     }
-    let (n, v) = header_pair(name, value)?;
+    let n = kept_name(kept, name)?;
+    let v = HeaderValue::from_str(value)
+        .map_err(|_| format!("the value for {name:?} is not a valid header value"))?;
     if reserved(&n) {
         return Err(format!("{name:?} is managed by the gateway"));
     }
@@ -367,27 +420,27 @@ fn set_header(
 }
 
 impl RequestApi for Ctx {
-    async fn method(&mut self) -> wasmtime::Result<String> {
+    fn method(&mut self) -> wasmtime::Result<String> {
         Ok(self.req()?.method.as_str().to_string())
     }
 
-    async fn path(&mut self) -> wasmtime::Result<String> {
+    fn path(&mut self) -> wasmtime::Result<String> {
         Ok(self.req()?.path.clone())
     }
 
-    async fn query(&mut self) -> wasmtime::Result<Option<String>> {
+    fn query(&mut self) -> wasmtime::Result<Option<String>> {
         Ok(self.req()?.query.clone())
     }
 
-    async fn header(&mut self, name: String) -> wasmtime::Result<Option<String>> {
+    fn header(&mut self, name: String) -> wasmtime::Result<Option<String>> {
         Ok(get_header(&self.req()?.headers, &name))
     }
 
-    async fn headers(&mut self) -> wasmtime::Result<Vec<(String, String)>> {
+    fn headers(&mut self) -> wasmtime::Result<Vec<(String, String)>> {
         Ok(all_headers(&self.req()?.headers))
     }
 
-    async fn body(&mut self) -> wasmtime::Result<Option<Vec<u8>>> {
+    fn body(&mut self) -> wasmtime::Result<Option<Vec<u8>>> {
         let allowed = self.id.body;
         Ok(self
             .req()?
@@ -397,15 +450,15 @@ impl RequestApi for Ctx {
             .map(|b| b.to_vec()))
     }
 
-    async fn client_ip(&mut self) -> wasmtime::Result<String> {
+    fn client_ip(&mut self) -> wasmtime::Result<String> {
         Ok(self.req()?.client_ip.to_string())
     }
 
-    async fn route(&mut self) -> wasmtime::Result<String> {
+    fn route(&mut self) -> wasmtime::Result<String> {
         Ok(self.req()?.route.to_string())
     }
 
-    async fn set_method(&mut self, method: String) -> wasmtime::Result<Result<(), String>> {
+    fn set_method(&mut self, method: String) -> wasmtime::Result<Result<(), String>> {
         let req = self.req()?;
         Ok(match Method::from_bytes(method.as_bytes()) {
             Ok(m) => {
@@ -416,7 +469,7 @@ impl RequestApi for Ctx {
         })
     }
 
-    async fn set_path(&mut self, path: String) -> wasmtime::Result<Result<(), String>> {
+    fn set_path(&mut self, path: String) -> wasmtime::Result<Result<(), String>> {
         let req = self.req()?;
         Ok(
             if path.starts_with('/')
@@ -433,7 +486,7 @@ impl RequestApi for Ctx {
         )
     }
 
-    async fn set_query(&mut self, query: Option<String>) -> wasmtime::Result<Result<(), String>> {
+    fn set_query(&mut self, query: Option<String>) -> wasmtime::Result<Result<(), String>> {
         let req = self.req()?;
         Ok(match query {
             Some(q) if format!("/?{q}").parse::<http::uri::PathAndQuery>().is_err() => {
@@ -446,28 +499,20 @@ impl RequestApi for Ctx {
         })
     }
 
-    async fn set_header(
-        &mut self,
-        name: String,
-        value: String,
-    ) -> wasmtime::Result<Result<(), String>> {
-        Ok(set_header(&mut self.req()?.headers, &name, &value, false))
+    fn set_header(&mut self, name: String, value: String) -> wasmtime::Result<Result<(), String>> {
+        Ok(set_header(self.req_headers()?, &name, &value, false))
     }
 
-    async fn add_header(
-        &mut self,
-        name: String,
-        value: String,
-    ) -> wasmtime::Result<Result<(), String>> {
-        Ok(set_header(&mut self.req()?.headers, &name, &value, true))
+    fn add_header(&mut self, name: String, value: String) -> wasmtime::Result<Result<(), String>> {
+        Ok(set_header(self.req_headers()?, &name, &value, true))
     }
 
-    async fn remove_header(&mut self, name: String) -> wasmtime::Result<()> {
+    fn remove_header(&mut self, name: String) -> wasmtime::Result<()> {
         self.req()?.headers.remove(name.as_str());
         Ok(())
     }
 
-    async fn set_body(&mut self, body: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
+    fn set_body(&mut self, body: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
         if !self.id.body {
             return Ok(Err(
                 "this route does not give the plugin the body (set `body = true`)".into(),
@@ -479,19 +524,19 @@ impl RequestApi for Ctx {
 }
 
 impl ResponseApi for Ctx {
-    async fn status(&mut self) -> wasmtime::Result<u16> {
+    fn status(&mut self) -> wasmtime::Result<u16> {
         Ok(self.resp()?.status.as_u16())
     }
 
-    async fn header(&mut self, name: String) -> wasmtime::Result<Option<String>> {
+    fn header(&mut self, name: String) -> wasmtime::Result<Option<String>> {
         Ok(get_header(&self.resp()?.headers, &name))
     }
 
-    async fn headers(&mut self) -> wasmtime::Result<Vec<(String, String)>> {
+    fn headers(&mut self) -> wasmtime::Result<Vec<(String, String)>> {
         Ok(all_headers(&self.resp()?.headers))
     }
 
-    async fn body(&mut self) -> wasmtime::Result<Option<Vec<u8>>> {
+    fn body(&mut self) -> wasmtime::Result<Option<Vec<u8>>> {
         let allowed = self.id.body;
         Ok(self
             .resp()?
@@ -501,7 +546,7 @@ impl ResponseApi for Ctx {
             .map(|b| b.to_vec()))
     }
 
-    async fn set_status(&mut self, status: u16) -> wasmtime::Result<Result<(), String>> {
+    fn set_status(&mut self, status: u16) -> wasmtime::Result<Result<(), String>> {
         let resp = self.resp()?;
         Ok(match StatusCode::from_u16(status) {
             Ok(s) if s.as_u16() >= 200 => {
@@ -512,28 +557,20 @@ impl ResponseApi for Ctx {
         })
     }
 
-    async fn set_header(
-        &mut self,
-        name: String,
-        value: String,
-    ) -> wasmtime::Result<Result<(), String>> {
-        Ok(set_header(&mut self.resp()?.headers, &name, &value, false))
+    fn set_header(&mut self, name: String, value: String) -> wasmtime::Result<Result<(), String>> {
+        Ok(set_header(self.resp_headers()?, &name, &value, false))
     }
 
-    async fn add_header(
-        &mut self,
-        name: String,
-        value: String,
-    ) -> wasmtime::Result<Result<(), String>> {
-        Ok(set_header(&mut self.resp()?.headers, &name, &value, true))
+    fn add_header(&mut self, name: String, value: String) -> wasmtime::Result<Result<(), String>> {
+        Ok(set_header(self.resp_headers()?, &name, &value, true))
     }
 
-    async fn remove_header(&mut self, name: String) -> wasmtime::Result<()> {
+    fn remove_header(&mut self, name: String) -> wasmtime::Result<()> {
         self.resp()?.headers.remove(name.as_str());
         Ok(())
     }
 
-    async fn set_body(&mut self, body: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
+    fn set_body(&mut self, body: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
         if !self.id.body {
             return Ok(Err(
                 "this route does not give the plugin the body (set `body = true`)".into(),
@@ -545,11 +582,11 @@ impl ResponseApi for Ctx {
 }
 
 impl HostServices for Ctx {
-    async fn config(&mut self) -> wasmtime::Result<String> {
+    fn config(&mut self) -> wasmtime::Result<String> {
         Ok(self.id.config.to_string())
     }
 
-    async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+    fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         let plugin = &*self.id.plugin;
         // Bound what one line can put into the gateway's log.
         let message = if message.len() > 4096 {
@@ -571,7 +608,7 @@ impl HostServices for Ctx {
         Ok(())
     }
 
-    async fn now_ms(&mut self) -> wasmtime::Result<u64> {
+    fn now_ms(&mut self) -> wasmtime::Result<u64> {
         Ok(std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -688,7 +725,7 @@ impl UpstreamApi for Ctx {
 }
 
 impl CountersApi for Ctx {
-    async fn add(&mut self, key: String, delta: i64, window_ms: u64) -> wasmtime::Result<Counter> {
+    fn add(&mut self, key: String, delta: i64, window_ms: u64) -> wasmtime::Result<Counter> {
         // Counters are per frontend and plugin: one plugin cannot read or
         // move another's, and one frontend's traffic never spends another's.
         let key = format!("{}/{}/{key}", self.id.frontend, self.id.name);
@@ -700,7 +737,7 @@ impl CountersApi for Ctx {
         })
     }
 
-    async fn take(&mut self, limits: Vec<Limit>) -> wasmtime::Result<Vec<Bucket>> {
+    fn take(&mut self, limits: Vec<Limit>) -> wasmtime::Result<Vec<Bucket>> {
         const MAX_LIMITS: usize = 16;
         if limits.len() > MAX_LIMITS {
             return Err(wasmtime::format_err!(
@@ -758,7 +795,7 @@ impl TokensApi for Ctx {
 }
 
 impl MetricsApi for Ctx {
-    async fn counter_add(&mut self, name: String, value: u64) -> wasmtime::Result<()> {
+    fn counter_add(&mut self, name: String, value: u64) -> wasmtime::Result<()> {
         self.id
             .services
             .metrics
@@ -766,7 +803,7 @@ impl MetricsApi for Ctx {
         Ok(())
     }
 
-    async fn histogram_observe(&mut self, name: String, value: f64) -> wasmtime::Result<()> {
+    fn histogram_observe(&mut self, name: String, value: f64) -> wasmtime::Result<()> {
         if value.is_finite() {
             self.id
                 .services
@@ -774,5 +811,31 @@ impl MetricsApi for Ctx {
                 .observe(&self.id.name, &self.id.version, &name, value);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_names_are_parsed_once_and_matched_ignoring_case() {
+        let mut kept = Vec::new();
+        let a = kept_name(&mut kept, "X-Team").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a.as_str(), "x-team");
+        assert_eq!(kept.len(), 1);
+        let b = kept_name(&mut kept, "x-TEAM").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(b, a);
+        assert_eq!(kept.len(), 1, "found, not parsed again");
+        assert!(kept_name(&mut kept, "x team").is_err());
+        assert!(kept_name(&mut kept, "").is_err());
+        for i in 0..2 * KEPT_NAMES {
+            let n = format!("x-{i}");
+            assert_eq!(
+                kept_name(&mut kept, &n).map(|h| h.to_string()),
+                Ok(n.clone())
+            );
+        }
+        assert_eq!(kept.len(), KEPT_NAMES, "bounded");
     }
 }

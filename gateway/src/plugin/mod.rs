@@ -421,7 +421,8 @@ impl Binding {
         }
         // A plugin that keeps writing to stderr is recycled before its
         // buffer fills.
-        if inst.store.data().stderr.contents().len() > 16 * 1024 {
+        let data = inst.store.data();
+        if data.used_wasi() && data.stderr.contents().len() > 16 * 1024 {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
