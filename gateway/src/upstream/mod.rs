@@ -280,8 +280,10 @@ impl Upstream {
                 keep_copy: !last && retry_after_send,
             };
             let _inflight = InFlight::new(ep);
-            let remaining = deadline.saturating_duration_since(now);
-            let result = tokio::time::timeout(remaining, self.exchange(ep, now, message)).await;
+            // The deadline as it is: no second clock read to turn it into
+            // a duration and back.
+            let result =
+                tokio::time::timeout_at(deadline.into(), self.exchange(ep, now, message)).await;
             match result {
                 Err(_) => {
                     self.failure(ep);
