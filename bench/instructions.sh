@@ -12,7 +12,8 @@
 #
 # Environment (all optional):
 #   TARGETS="transom hyper plugin"   what to count (plugin: transom with
-#                       the add-header plugin in reuse mode on the route)
+#                       the add-header plugin in reuse mode on the route;
+#                       plugin-fresh: the same with an instance per request)
 #   CONNS=8             wrk connections
 #   DURATION=10s        counted wrk run (after a 3 s uncounted warm-up)
 #   TRANSOM_ARGS="--threads 1"
@@ -41,7 +42,7 @@ case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
 BIN="$TARGET_DIR/release"
 
 for t in $TARGETS; do
-    case "$t" in transom | hyper | plugin) ;; *) die "unknown target '$t' in TARGETS" ;; esac
+    case "$t" in transom | hyper | plugin | plugin-fresh) ;; *) die "unknown target '$t' in TARGETS" ;; esac
 done
 missing=()
 for t in valgrind callgrind_control wrk curl; do have "$t" || missing+=("$t"); done
@@ -58,7 +59,7 @@ if [[ "$SKIP_BUILD" != 1 ]]; then
     (cd "$ROOT" && cargo build --release -p transom -p transom-bench)
 fi
 PLUGIN_WASM=""
-if [[ " $TARGETS " == *" plugin "* ]]; then
+if [[ " $TARGETS " == *" plugin"* ]]; then
     if [[ "$SKIP_BUILD" != 1 ]]; then
         log "building the add-header plugin"
         (cd "$ROOT/plugins" && cargo build --release --target wasm32-wasip2 -p add-header)
@@ -131,13 +132,15 @@ for t in $TARGETS; do
         log "counting hyper-proxy"
         results+=("$(count hyper "$p" "$BIN/hyper-proxy" --listen "$HOST:$p" --upstream "$HOST:$UPSTREAM_PORT")")
         ;;
-    transom | plugin)
+    transom | plugin | plugin-fresh)
         conf="$TMP/$t.toml"
         plugins=""
-        if [[ "$t" == plugin ]]; then
+        if [[ "$t" == plugin* ]]; then
+            mode=reuse
+            [[ "$t" == plugin-fresh ]] && mode=per-request
             mkdir -p "$TMP/plugins"
             cp "$PLUGIN_WASM" "$TMP/plugins/add-header@1.0.0.wasm"
-            plugins='plugins = [{ name = "add-header", version = "1.0.0", instance = "reuse", config = { request = { "x-team" = "bench" }, response = { "x-served-by" = "transom" } } }]'
+            plugins="plugins = [{ name = \"add-header\", version = \"1.0.0\", instance = \"$mode\", config = { request = { \"x-team\" = \"bench\" }, response = { \"x-served-by\" = \"transom\" } } }]"
             printf '[plugins]\ndir = "%s"\nmax_instances = %s\n\n' "$TMP/plugins" "$((CONNS + 4))" >"$conf"
         else
             : >"$conf"
