@@ -125,7 +125,7 @@ pub async fn handle(
             if e.status().is_server_error() {
                 tracing::debug!(request_id = ?request_id, error = %e, "gateway error");
             }
-            e.into_response(&request_id).map(OutBody::boxed)
+            e.into_response(&request_id).map(OutBody::Right)
         }
     };
     let log = AccessLog {
@@ -216,7 +216,7 @@ async fn forward(
             crate::filter::RequestOutcome::Respond(mut resp) => {
                 resp.headers_mut()
                     .insert(X_REQUEST_ID.clone(), request_id.clone());
-                return Ok(resp.map(OutBody::boxed));
+                return Ok(resp.map(OutBody::Right));
             }
             crate::filter::RequestOutcome::Forward(body, kept) => {
                 plugin_body = body;
@@ -357,7 +357,7 @@ async fn forward(
         parts
             .headers
             .insert(X_REQUEST_ID.clone(), request_id.clone());
-        return Ok(Response::from_parts(parts, OutBody::boxed(boxed(body))));
+        return Ok(Response::from_parts(parts, OutBody::Right(boxed(body))));
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -371,7 +371,7 @@ async fn forward(
     };
     if route.chain.is_empty() && compress.is_none() {
         // The common case: the upstream's body goes out as it is, unboxed.
-        return Ok(Response::from_parts(parts, OutBody::Pooled { body }));
+        return Ok(Response::from_parts(parts, OutBody::Left(body)));
     }
     let mut resp = Response::from_parts(parts, boxed(body));
     // plugins: response phase
@@ -381,56 +381,13 @@ async fn forward(
     if let Some((cfg, enc)) = compress {
         resp = compress::apply(cfg, enc, resp);
     }
-    Ok(resp.map(OutBody::boxed))
+    Ok(resp.map(OutBody::Right))
 }
 
-pin_project! {
-    /// A response body on its way out: the upstream's, straight from its
-    /// pool, or boxed (answers of the gateway and of plugins, bodies that
-    /// plugins or compression changed).
-    #[project = OutBodyProj]
-    enum OutBody {
-        // The upstream's body, untouched.
-        Pooled { #[pin] body: PooledBody },
-        // Any other body.
-        Boxed { #[pin] body: Body },
-    }
-}
-
-impl OutBody {
-    fn boxed(body: Body) -> OutBody {
-        OutBody::Boxed { body }
-    }
-}
-
-impl http_body::Body for OutBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.project() {
-            OutBodyProj::Pooled { body } => body.poll_frame(cx).map_err(Into::into),
-            OutBodyProj::Boxed { body } => body.poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            OutBody::Pooled { body } => body.is_end_stream(),
-            OutBody::Boxed { body } => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            OutBody::Pooled { body } => body.size_hint(),
-            OutBody::Boxed { body } => body.size_hint(),
-        }
-    }
-}
+/// A response body on its way out: the upstream's, straight from its pool
+/// (`Left`), or boxed (`Right`: answers of the gateway and of plugins,
+/// bodies that plugins or compression changed).
+type OutBody = http_body_util::Either<PooledBody, Body>;
 
 fn wants_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
