@@ -83,7 +83,6 @@ async fn requests(
     inflight: u32,
     gap: Duration,
 ) -> anyhow::Result<()> {
-    let respond = binding.phases().contains(transom::plugin::Phases::RESPONSE);
     let mut held = Vec::with_capacity(inflight as usize);
     let mut done = 0;
     while done < n {
@@ -92,9 +91,13 @@ async fn requests(
         for _ in 0..batch {
             held.push(binding.on_request(request()).await?.2);
         }
-        for h in held.drain(..) {
-            if respond {
-                binding.on_response(h, response()).await?;
+        for after in held.drain(..) {
+            let mut resp = response();
+            for edit in after.edits {
+                edit.apply(&mut resp.headers);
+            }
+            if after.response_phase {
+                binding.on_response(after.held, resp).await?;
             }
         }
         done += batch;

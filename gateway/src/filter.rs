@@ -1,8 +1,11 @@
 //! A route's plugin chain: the request phase runs the plugins in order
 //! (the first that answers ends it, and its answer goes back through the
 //! response phases of the plugins before it), the response phase runs them
-//! in reverse. Bodies are buffered only when a plugin in the chain asked for
-//! them (`body = true`).
+//! in reverse. Response headers a plugin set in its request phase are
+//! applied at its place in the response phase, without calling it again;
+//! a plugin whose request phase skipped its response phase is not called
+//! there. Bodies are buffered only when a plugin that will see them asked
+//! for them (`body = true`).
 //!
 //! The phase futures own what they use (the request goes in and comes back
 //! out), so they are `Send + 'static` and borrow nothing from the caller.
@@ -20,7 +23,7 @@ use hyper::body::Incoming;
 use crate::body::{Body, full};
 use crate::error::ProxyError;
 use crate::plugin::{
-    Answer, Binding, Decision, Held, Phases, PluginError, RequestState, ResponseState,
+    AfterRequest, Answer, Binding, Decision, Phases, PluginError, RequestState, ResponseState,
 };
 
 /// The plugins of one route.
@@ -32,21 +35,45 @@ pub struct Chain {
 
 /// What the request phase decided.
 pub enum RequestOutcome {
-    /// Forward the (edited) request; `Some` replaces the body. The instances
-    /// that ran are kept for the response phase.
+    /// Forward the (edited) request; `Some` replaces the body. What the
+    /// request phase left for the response phase comes along.
     Forward(Option<Bytes>, Instances),
     /// A plugin answered.
     Respond(Response<Body>),
 }
 
-/// Instances kept from a request's request phase for its response phase.
+/// What a request's request phase left for its response phase, by the
+/// plugin's place in the chain: kept instances, response header edits, and
+/// skipped response phases. Plugins that left nothing are not in it (and a
+/// request that ran none allocates nothing).
 #[derive(Default)]
-pub struct Instances(Vec<(Arc<Binding>, Held)>);
+pub struct Instances(Vec<(usize, AfterRequest)>);
 
 impl Instances {
-    fn take(&mut self, b: &Arc<Binding>) -> Option<Held> {
-        let i = self.0.iter().position(|(x, _)| Arc::ptr_eq(x, b))?;
+    fn take(&mut self, pos: usize) -> Option<AfterRequest> {
+        let i = self.0.iter().position(|(p, _)| *p == pos)?;
         Some(self.0.swap_remove(i).1)
+    }
+
+    fn keep(&mut self, pos: usize, binding: &Binding, after: AfterRequest) {
+        let default = after.held.is_none()
+            && after.edits.is_empty()
+            && after.response_phase == binding.phases().contains(Phases::RESPONSE);
+        if !default {
+            self.0.push((pos, after));
+        }
+    }
+
+    /// Whether the plugin at `pos` runs its response phase.
+    fn responds(&self, pos: usize, binding: &Binding) -> bool {
+        match self.0.iter().find(|(p, _)| *p == pos) {
+            Some((_, after)) => after.response_phase,
+            None => binding.phases().contains(Phases::RESPONSE),
+        }
+    }
+
+    fn has_edits(&self) -> bool {
+        self.0.iter().any(|(_, a)| !a.edits.is_empty())
     }
 }
 
@@ -66,6 +93,17 @@ impl Chain {
     ) -> impl Future<Output = Result<(Request<Incoming>, RequestOutcome), ProxyError>> + Send + 'static
     {
         request_phase(self.plugins.clone(), route, client_ip, req, max_body)
+    }
+
+    /// Whether the response phase has anything to do for a request whose
+    /// request phase left `ran`.
+    pub fn responds(&self, ran: &Instances) -> bool {
+        ran.has_edits()
+            || self
+                .plugins
+                .iter()
+                .enumerate()
+                .any(|(pos, b)| ran.responds(pos, b))
     }
 
     /// Run the response phase, last plugin first.
@@ -112,20 +150,22 @@ async fn request_phase(
     };
     let mut held = Instances::default();
     for (pos, binding) in plugins() {
-        let (next, decision, kept) = binding.on_request(state).await.map_err(plugin_error)?;
+        let (next, decision, after) = binding.on_request(state).await.map_err(plugin_error)?;
         state = next;
-        if let Some(h) = kept {
-            held.0.push((binding.clone(), h));
-        }
         if let Decision::Respond(answer) = decision {
             // The answer goes back through the response phases of the
             // plugins before this one, as an upstream response would (so a
             // CORS plugin decorates an auth plugin's 401, a shaping plugin
-            // shapes an aggregation).
-            let resp = answer_response(answer, &binding.plugin.id)?;
+            // shapes an aggregation). The response headers this plugin set
+            // apply to its own answer.
+            let mut resp = answer_response(answer, &binding.plugin.id)?;
+            for edit in after.edits {
+                edit.apply(resp.headers_mut());
+            }
             let resp = response_phase(chain.clone(), pos, resp, max_body, held).await?;
             return Ok((req, RequestOutcome::Respond(resp)));
         }
+        held.keep(pos, binding, after);
     }
     *req.method_mut() = state.method;
     *req.headers_mut() = state.headers;
@@ -160,17 +200,20 @@ async fn response_phase(
     max_body: u64,
     mut held: Instances,
 ) -> Result<Response<Body>, ProxyError> {
-    let plugins = || {
-        chain[..upto.min(chain.len())]
-            .iter()
-            .rev()
-            .filter(|b| b.phases().contains(Phases::RESPONSE))
-    };
-    if plugins().next().is_none() {
+    let chain = &chain[..upto.min(chain.len())];
+    let responds = chain
+        .iter()
+        .enumerate()
+        .any(|(pos, b)| held.responds(pos, b));
+    if !responds && !held.has_edits() {
         return Ok(resp);
     }
     let (parts, body) = resp.into_parts();
-    let (stream, buffered) = if plugins().any(|b| b.body) {
+    let buffer = chain
+        .iter()
+        .enumerate()
+        .any(|(pos, b)| b.body && held.responds(pos, b));
+    let (stream, buffered) = if buffer {
         (None, Some(read_limited_body(body, max_body).await?))
     } else {
         (Some(body), None)
@@ -180,12 +223,22 @@ async fn response_phase(
         headers: parts.headers,
         body: buffered,
     };
-    for binding in plugins() {
-        let kept = held.take(binding);
-        state = binding
-            .on_response(kept, state)
-            .await
-            .map_err(plugin_error)?;
+    for (pos, binding) in chain.iter().enumerate().rev() {
+        let (kept, responds) = match held.take(pos) {
+            Some(after) => {
+                for edit in after.edits {
+                    edit.apply(&mut state.headers);
+                }
+                (after.held, after.response_phase)
+            }
+            None => (None, binding.phases().contains(Phases::RESPONSE)),
+        };
+        if responds {
+            state = binding
+                .on_response(kept, state)
+                .await
+                .map_err(plugin_error)?;
+        }
     }
     let body = match (stream, state.body) {
         (_, Some(bytes)) => {

@@ -369,13 +369,15 @@ async fn forward(
         (Some(enc), Some(cfg)) if !is_head => Some((cfg, enc)),
         _ => None,
     };
-    if route.chain.is_empty() && compress.is_none() {
+    // plugins: response phase (when one runs, or request phases left
+    // response headers to set)
+    let respond = !route.chain.is_empty() && route.chain.responds(&held);
+    if !respond && compress.is_none() {
         // The common case: the upstream's body goes out as it is, unboxed.
         return Ok(Response::from_parts(parts, OutBody::Left(body)));
     }
     let mut resp = Response::from_parts(parts, boxed(body));
-    // plugins: response phase
-    if !route.chain.is_empty() {
+    if respond {
         resp = Box::pin(route.chain.on_response(resp, max_body, held)).await?;
     }
     if let Some((cfg, enc)) = compress {

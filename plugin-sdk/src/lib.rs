@@ -215,6 +215,32 @@ impl Request {
     pub fn set_body(&mut self, body: &[u8]) -> Result<(), Error> {
         sys::request::set_body(body).map_err(Error)
     }
+    /// Set a header on the response this request gets, replacing its
+    /// values. The gateway applies it when the response arrives, at this
+    /// plugin's place in the response phase, without calling the plugin
+    /// again: a plugin that only adds response headers needs no
+    /// [`Plugin::on_response`] (and costs one call into the sandbox, not two).
+    pub fn set_response_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
+        sys::request::set_response_header(name, value).map_err(Error)
+    }
+    /// Add a header value to the response this request gets (see
+    /// [`Request::set_response_header`]).
+    pub fn add_response_header(&mut self, name: &str, value: &str) -> Result<(), Error> {
+        sys::request::add_response_header(name, value).map_err(Error)
+    }
+    /// Remove a header from the response this request gets (see
+    /// [`Request::set_response_header`]).
+    pub fn remove_response_header(&mut self, name: &str) -> Result<(), Error> {
+        sys::request::remove_response_header(name).map_err(Error)
+    }
+    /// This request needs nothing from [`Plugin::on_response`]: the gateway
+    /// does not call it, buffers no body for it, and in `per-request` mode
+    /// drops the instance now instead of keeping it while the upstream
+    /// answers. Response headers set with [`Request::set_response_header`]
+    /// still apply.
+    pub fn skip_response_phase(&mut self) {
+        sys::request::skip_response_phase()
+    }
 }
 
 /// The upstream's response.

@@ -53,6 +53,18 @@ pub mod request {
     pub fn set_body(b: &[u8]) -> Result<(), String> {
         r::set_body(b)
     }
+    pub fn set_response_header(n: &str, v: &str) -> Result<(), String> {
+        r::set_response_header(n, v)
+    }
+    pub fn add_response_header(n: &str, v: &str) -> Result<(), String> {
+        r::add_response_header(n, v)
+    }
+    pub fn remove_response_header(n: &str) -> Result<(), String> {
+        r::remove_response_header(n)
+    }
+    pub fn skip_response_phase() {
+        r::skip_response_phase()
+    }
 }
 
 #[cfg(target_arch = "wasm32")]
@@ -264,6 +276,18 @@ pub mod request {
     }
     pub fn set_body(b: &[u8]) -> Result<(), String> {
         with(|h| h.set_request_body(b))
+    }
+    pub fn set_response_header(n: &str, v: &str) -> Result<(), String> {
+        with(|h| crate::testing::set_header(&mut h.response.headers, n, v, false))
+    }
+    pub fn add_response_header(n: &str, v: &str) -> Result<(), String> {
+        with(|h| crate::testing::set_header(&mut h.response.headers, n, v, true))
+    }
+    pub fn remove_response_header(n: &str) -> Result<(), String> {
+        with(|h| crate::testing::remove_settable_header(&mut h.response.headers, n))
+    }
+    pub fn skip_response_phase() {
+        with(|h| h.response_phase_skipped = true)
     }
 }
 

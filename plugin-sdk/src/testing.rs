@@ -148,6 +148,13 @@ pub struct TestHost {
     pub key_sets: std::collections::HashSet<String>,
     /// Metrics recorded: (name, value).
     pub metrics: Vec<(String, f64)>,
+    /// Whether the request phase called
+    /// [`Request::skip_response_phase`](crate::Request::skip_response_phase).
+    /// Response headers the request phase sets land on
+    /// [`TestHost::response`] at once, as the gateway applies them to the
+    /// response when it arrives: build the response before running the
+    /// request phase.
+    pub response_phase_skipped: bool,
 }
 
 impl Default for TestHost {
@@ -204,6 +211,7 @@ impl TestHost {
             tokens: HashMap::new(),
             key_sets: Default::default(),
             metrics: Vec::new(),
+            response_phase_skipped: false,
         }
     }
 
@@ -425,6 +433,22 @@ pub(crate) fn set_header(
         remove_header(headers, &name);
     }
     headers.push((name, value.to_string()));
+    Ok(())
+}
+
+/// Remove a header a plugin may set (as the gateway checks a response
+/// header removal made in the request phase).
+pub(crate) fn remove_settable_header(
+    headers: &mut Vec<(String, String)>,
+    name: &str,
+) -> Result<(), String> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+        return Err(format!("{name:?} is not a valid header name"));
+    }
+    if crate::is_managed_header(&name.to_ascii_lowercase()) {
+        return Err(format!("{name:?} is managed by the gateway"));
+    }
+    remove_header(headers, name);
     Ok(())
 }
 

@@ -196,6 +196,79 @@ plugins = [
 }
 
 #[tokio::test]
+async fn response_headers_set_in_the_request_phase_apply_at_the_plugins_place_without_a_second_call()
+ {
+    let up = TestUpstream::start("u").await;
+    let gw = gateway(
+        &up,
+        &[
+            ("fixture_kit", "kit@1.0.0"),
+            ("add_header", "add-header@1.0.0"),
+            ("transform", "transform@1.0.0"),
+        ],
+        r#"
+[[frontends.web.routes]]
+match = { path_prefix = "/kit-last" }
+upstream = "u"
+plugins = [
+  { name = "kit", version = "1.0.0", config = { response_set = { "x-who" = "kit" } } },
+  { name = "add-header", version = "1.0.0", instance = "per-request", config = { response = { "x-who" = "add-header", "x-also" = "1" } } },
+]
+
+[[frontends.web.routes]]
+match = { path_prefix = "/add-header-last" }
+upstream = "u"
+plugins = [
+  { name = "add-header", version = "1.0.0", config = { response = { "x-who" = "add-header" } } },
+  { name = "kit", version = "1.0.0", config = { response_set = { "x-who" = "kit" } } },
+  { name = "transform", version = "1.0.0", config = { request = { headers = { set = { "x-t" = "1" } } } } },
+]
+
+[[frontends.web.routes]]
+match = { path_prefix = "/framing" }
+upstream = "u"
+plugins = [{ name = "kit", version = "1.0.0", config = { deny_if = "x-deny" } }, { name = "add-header", version = "1.0.0", config = { response = { "content-length" = "0" } } }]
+"#,
+    )
+    .await;
+    let addr = gw.addr("web").await;
+    // Framing headers stay the gateway's, from the request phase too.
+    let r = call(addr, "GET", "/framing", &[], "").await;
+    assert_eq!(r.status, 500);
+    assert!(r.text().contains("add-header@1.0.0"), "{}", r.text());
+    assert_eq!(up.requests(), 0);
+    for _ in 0..2 {
+        // The response phase runs last plugin first: add-header's headers
+        // land before kit's response phase on the first route, after it
+        // on the second.
+        let r = call(addr, "GET", "/kit-last", &[], "").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-who"), Some("kit"));
+        assert_eq!(r.header("x-also"), Some("1"));
+        let r = call(addr, "GET", "/add-header-last", &[], "").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-who"), Some("add-header"));
+        assert_eq!(r.json()["headers"]["x-t"], "1");
+    }
+    // add-header sets its response headers from the request phase and
+    // transform (no response rules) skips its response phase: one call per
+    // request each. kit has a response phase: two.
+    let listing = get(gw.gw.admin_addr().unwrap(), "/plugins").await.json();
+    let calls = |name: &str| {
+        listing["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {listing}"))["calls"]
+            .clone()
+    };
+    assert_eq!(calls("add-header"), 4 + 1, "{listing}");
+    assert_eq!(calls("transform"), 2, "{listing}");
+    assert_eq!(calls("kit"), 8 + 1, "{listing}");
+}
+
+#[tokio::test]
 async fn response_phase_rewrites_status_headers_and_body() {
     let up = TestUpstream::start("u").await;
     let gw = gateway(
@@ -666,9 +739,13 @@ async fn plugin_check_reports_phases_and_contract_version() {
         .await
         .unwrap();
     assert_eq!(r.exports, vec!["transom:plugin/filter@0.1.0"]);
-    assert!(
-        r.phases
-            .contains(transom::plugin::Phases::REQUEST | transom::plugin::Phases::RESPONSE)
+    assert_eq!(r.phases, transom::plugin::Phases::REQUEST);
+    let r = transom::plugin::check_file(&engine, &plugin_wasm("fixture_kit"))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.phases,
+        transom::plugin::Phases::REQUEST | transom::plugin::Phases::RESPONSE
     );
     let r = transom::plugin::check_file(&engine, &plugin_wasm("fixture_noop"))
         .await

@@ -50,6 +50,35 @@ pub struct ResponseState {
     pub body: Option<Bytes>,
 }
 
+/// A change to the response that a plugin asked for in its request phase
+/// (`set-response-header` and friends), applied when the response arrives.
+#[derive(Debug)]
+pub enum HeaderEdit {
+    /// Replace the header's values.
+    Set(HeaderName, HeaderValue),
+    /// Add a value.
+    Append(HeaderName, HeaderValue),
+    /// Remove the header.
+    Remove(HeaderName),
+}
+
+impl HeaderEdit {
+    /// Apply the edit to `headers`.
+    pub fn apply(self, headers: &mut HeaderMap) {
+        match self {
+            HeaderEdit::Set(n, v) => {
+                headers.insert(n, v);
+            }
+            HeaderEdit::Append(n, v) => {
+                headers.append(n, v);
+            }
+            HeaderEdit::Remove(n) => {
+                headers.remove(n);
+            }
+        }
+    }
+}
+
 /// Who a store belongs to and what its route grants it.
 #[derive(Clone)]
 pub struct Identity {
@@ -190,6 +219,10 @@ pub struct Ctx {
     pub(super) id: Identity,
     pub(super) req: Option<RequestState>,
     pub(super) resp: Option<ResponseState>,
+    /// Response header edits made by the current request phase.
+    pub(super) resp_edits: Vec<HeaderEdit>,
+    /// Whether the current request phase asked to skip the response phase.
+    pub(super) skip_response: bool,
     /// When the current call's CPU time is up.
     pub(super) deadline: Option<std::time::Instant>,
     /// The engine's epoch ticker, paused while the guest waits on the host.
@@ -226,6 +259,8 @@ impl Ctx {
             id,
             req: None,
             resp: None,
+            resp_edits: Vec::new(),
+            skip_response: false,
             deadline: None,
             ticker: None,
             names: Vec::new(),
@@ -390,20 +425,18 @@ const MAX_HEADER_VALUE: usize = 16 * 1024;
 /// Most headers a message may carry after plugins edited it.
 const MAX_HEADERS: usize = 200;
 
-fn set_header(
-    (headers, kept): (&mut HeaderMap, &mut Vec<HeaderName>),
+/// A header a plugin may set: a valid name that the gateway does not
+/// manage, and a valid value of bounded size.
+fn settable(
+    kept: &mut Vec<HeaderName>,
     name: &str,
     value: &str,
-    append: bool,
-) -> Result<(), String> {
+) -> Result<(HeaderName, HeaderValue), String> {
     if value.len() > MAX_HEADER_VALUE {
         return Err(format!(
             "the value for {name:?} is {} bytes; at most {MAX_HEADER_VALUE} are allowed",
             value.len()
         ));
-    }
-    if headers.len() >= MAX_HEADERS {
-        return Err(format!("at most {MAX_HEADERS} headers are allowed"));
     }
     let n = kept_name(kept, name)?;
     let v = HeaderValue::from_str(value)
@@ -411,6 +444,19 @@ fn set_header(
     if reserved(&n) {
         return Err(format!("{name:?} is managed by the gateway"));
     }
+    Ok((n, v))
+}
+
+fn set_header(
+    (headers, kept): (&mut HeaderMap, &mut Vec<HeaderName>),
+    name: &str,
+    value: &str,
+    append: bool,
+) -> Result<(), String> {
+    if headers.len() >= MAX_HEADERS {
+        return Err(format!("at most {MAX_HEADERS} headers are allowed"));
+    }
+    let (n, v) = settable(kept, name, value)?;
     if append {
         headers.append(n, v);
     } else {
@@ -520,6 +566,63 @@ impl RequestApi for Ctx {
         }
         self.req()?.body = Some(Bytes::from(body));
         Ok(Ok(()))
+    }
+
+    fn set_response_header(
+        &mut self,
+        name: String,
+        value: String,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let edit = self.response_edit(&name, Some(&value))?;
+        Ok(edit.map(|(n, v)| self.resp_edits.push(HeaderEdit::Set(n, v))))
+    }
+
+    fn add_response_header(
+        &mut self,
+        name: String,
+        value: String,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let edit = self.response_edit(&name, Some(&value))?;
+        Ok(edit.map(|(n, v)| self.resp_edits.push(HeaderEdit::Append(n, v))))
+    }
+
+    fn remove_response_header(&mut self, name: String) -> wasmtime::Result<Result<(), String>> {
+        let edit = self.response_edit(&name, None)?;
+        Ok(edit.map(|(n, _)| self.resp_edits.push(HeaderEdit::Remove(n))))
+    }
+
+    fn skip_response_phase(&mut self) -> wasmtime::Result<()> {
+        self.req()?;
+        self.skip_response = true;
+        Ok(())
+    }
+}
+
+impl Ctx {
+    /// Check a response header edit made in the request phase: the same
+    /// rules as setting a header on the response, and at most
+    /// [`MAX_HEADERS`] edits per call. Removing takes no value.
+    fn response_edit(
+        &mut self,
+        name: &str,
+        value: Option<&str>,
+    ) -> wasmtime::Result<Result<(HeaderName, HeaderValue), String>> {
+        self.req()?;
+        if self.resp_edits.len() >= MAX_HEADERS {
+            return Ok(Err(format!(
+                "at most {MAX_HEADERS} response header edits are allowed"
+            )));
+        }
+        Ok(match value {
+            Some(v) => settable(&mut self.names, name, v),
+            None => kept_name(&mut self.names, name).and_then(|n| {
+                if reserved(&n) {
+                    Err(format!("{name:?} is managed by the gateway"))
+                } else {
+                    Ok((n, HeaderValue::from_static("")))
+                }
+            }),
+        })
     }
 }
 

@@ -26,7 +26,7 @@ use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, PoolingAllocationConfig, Store};
 
 pub use bindings::{Answer, Decision, Phases};
-pub use host::{MemoryBudget, RequestState, ResponseState};
+pub use host::{HeaderEdit, MemoryBudget, RequestState, ResponseState};
 pub use services::{Counters, PluginMetrics, Services};
 
 pub use registry::{CheckReport, LoadedPlugin, Registry, SyncReport, check_file};
@@ -310,6 +310,19 @@ pub struct Held {
     binding: Arc<Binding>,
 }
 
+/// What a plugin's request phase leaves for the same request's response
+/// phase.
+pub struct AfterRequest {
+    /// The instance, when the plugin's response phase runs in it.
+    pub held: Option<Held>,
+    /// Response header edits, applied at the plugin's place in the response
+    /// phase.
+    pub edits: Vec<HeaderEdit>,
+    /// Whether the plugin's response phase runs for this request (false
+    /// when it has none, or its request phase asked to skip it).
+    pub response_phase: bool,
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
         if let Some(inst) = self.inst.take() {
@@ -483,12 +496,12 @@ impl Binding {
         })
     }
 
-    /// Run the request phase on `req`. When the plugin also has a response
-    /// phase, its instance comes back as [`Held`] for that phase.
+    /// Run the request phase on `req`. When the plugin's response phase is
+    /// to run, its instance comes back as [`Held`] for that phase.
     pub async fn on_request(
         self: &Arc<Self>,
         req: RequestState,
-    ) -> Result<(RequestState, Decision, Option<Held>), PluginError> {
+    ) -> Result<(RequestState, Decision, AfterRequest), PluginError> {
         let mut inst = self.enter(None).await?;
         inst.store.data_mut().req = Some(req);
         self.arm(&mut inst.store);
@@ -499,7 +512,10 @@ impl Binding {
             .call_on_request(&mut inst.store)
             .await;
         drop(running);
-        let req = inst.store.data_mut().req.take();
+        let data = inst.store.data_mut();
+        let req = data.req.take();
+        let edits = std::mem::take(&mut data.resp_edits);
+        let skip = std::mem::replace(&mut data.skip_response, false);
         let outcome = match (result, req) {
             (Ok(Ok(decision)), Some(req)) => Ok((req, decision)),
             (Ok(Err(message)), _) => Err(PluginError::Failed {
@@ -514,9 +530,8 @@ impl Binding {
         };
         match outcome {
             Ok((req, decision)) => {
-                let keep = self.plugin.phases.contains(Phases::RESPONSE)
-                    && matches!(decision, Decision::Continue);
-                let held = if keep {
+                let response_phase = self.plugin.phases.contains(Phases::RESPONSE) && !skip;
+                let held = if response_phase && matches!(decision, Decision::Continue) {
                     Some(Held {
                         inst: Some(inst),
                         binding: self.clone(),
@@ -525,7 +540,12 @@ impl Binding {
                     self.release(inst);
                     None
                 };
-                Ok((req, decision, held))
+                let after = AfterRequest {
+                    held,
+                    edits,
+                    response_phase,
+                };
+                Ok((req, decision, after))
             }
             Err(e @ PluginError::Failed { .. }) => {
                 self.plugin.errors.fetch_add(1, Ordering::Relaxed);

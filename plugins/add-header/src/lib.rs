@@ -4,9 +4,13 @@
 //! ```toml
 //! plugins = [{ name = "add-header", version = "1.0.0", config = { request = { "x-team" = "mobile" }, response = { "x-served-by" = "transom" } } }]
 //! ```
+//!
+//! Both kinds are set in the request phase: the gateway applies the
+//! response headers when the response arrives, so the plugin is called once
+//! per request.
 use std::collections::BTreeMap;
 
-use transom_plugin_sdk::{Action, Error, Plugin, Request, Response, export_plugin};
+use transom_plugin_sdk::{Action, Error, Plugin, Request, export_plugin};
 
 #[derive(serde::Deserialize, Default, Clone)]
 #[serde(default, deny_unknown_fields)]
@@ -18,22 +22,15 @@ struct Config {
 pub struct AddHeader;
 
 impl Plugin for AddHeader {
-    const ON_RESPONSE: bool = true;
-
     fn on_request(req: &mut Request) -> Result<Action, Error> {
         let cfg = transom_plugin_sdk::shared_config::<Config>()?;
         for (name, value) in &cfg.request {
             req.set_header(name, value)?;
         }
-        Ok(Action::Continue)
-    }
-
-    fn on_response(resp: &mut Response) -> Result<(), Error> {
-        let cfg = transom_plugin_sdk::shared_config::<Config>()?;
         for (name, value) in &cfg.response {
-            resp.set_header(name, value)?;
+            req.set_response_header(name, value)?;
         }
-        Ok(())
+        Ok(Action::Continue)
     }
 }
 
@@ -52,7 +49,6 @@ mod tests {
         assert_eq!(host.run_request::<AddHeader>(), Ok(Action::Continue));
         assert_eq!(host.request.header("x-team").as_deref(), Some("mobile"));
         assert_eq!(host.request.headers.len(), 1, "replaced, not added");
-        assert_eq!(host.run_response::<AddHeader>(), Ok(()));
         assert_eq!(
             host.response.header("x-served-by").as_deref(),
             Some("transom")
@@ -68,6 +64,8 @@ mod tests {
     #[test]
     fn reserved_headers_are_refused() {
         let mut host = TestHost::new().config(r#"{"request": {"content-length": "5"}}"#);
+        assert!(host.run_request::<AddHeader>().is_err());
+        let mut host = TestHost::new().config(r#"{"response": {"Transfer-Encoding": "x"}}"#);
         assert!(host.run_request::<AddHeader>().is_err());
     }
 }

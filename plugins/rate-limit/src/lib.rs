@@ -37,12 +37,11 @@
 //! claim value it likes in an unsigned token and get a fresh bucket. Keying
 //! on a header the verifying plugin sets from the claim (`jwt-auth`'s
 //! `claims_to_headers`) is more robust still.
-use std::cell::RefCell;
 use std::time::Duration;
 
 use serde_json::json;
 use transom_plugin_sdk::{
-    Action, Answer, Bucket, Error, Limit, Plugin, Request, Response, export_plugin, parse_duration,
+    Action, Answer, Bucket, Error, Limit, Plugin, Request, export_plugin, parse_duration,
 };
 
 /// At most this many limits per plugin entry.
@@ -285,20 +284,11 @@ fn check_header_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-thread_local! {
-    /// `(RateLimit-Policy, RateLimit)` for the response phase of the request
-    /// being handled; set by `on_request` when it lets a request through.
-    static PENDING: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
-}
-
 /// The plugin.
 pub struct RateLimit;
 
 impl Plugin for RateLimit {
-    const ON_RESPONSE: bool = true;
-
     fn on_request(req: &mut Request) -> Result<Action, Error> {
-        PENDING.with(|p| p.borrow_mut().take());
         let cfg = transom_plugin_sdk::shared_config::<Config>()?;
 
         let key = match key_value(req, &cfg.key) {
@@ -348,7 +338,8 @@ impl Plugin for RateLimit {
             return Ok(Action::Respond(answer));
         }
 
-        // Allowed: remember the tightest limit for the response phase.
+        // Allowed: the response reports the tightest limit (the gateway sets
+        // the headers when it arrives; no response phase is needed).
         if cfg.headers
             && let Some((spec, bucket)) = states.iter().min_by(|(_, a), (_, b)| {
                 a.remaining
@@ -356,18 +347,10 @@ impl Plugin for RateLimit {
                     .then(b.full_in.cmp(&a.full_in))
             })
         {
-            let pending = (cfg.policy.clone(), ratelimit_item(spec, bucket));
-            PENDING.with(|p| *p.borrow_mut() = Some(pending));
+            req.set_response_header("ratelimit-policy", &cfg.policy)?;
+            req.set_response_header("ratelimit", &ratelimit_item(spec, bucket))?;
         }
         Ok(Action::Continue)
-    }
-
-    fn on_response(resp: &mut Response) -> Result<(), Error> {
-        if let Some((policy, state)) = PENDING.with(|p| p.borrow_mut().take()) {
-            resp.set_header("ratelimit-policy", &policy)?;
-            resp.set_header("ratelimit", &state)?;
-        }
-        Ok(())
     }
 }
 
@@ -643,13 +626,12 @@ mod tests {
     }
 
     #[test]
-    fn response_phase_reports_the_tightest_limit() {
+    fn responses_report_the_tightest_limit() {
         let config = r#"{"limits": [
             {"name": "per-second", "requests": 10, "per": "1s"},
             {"name": "per-minute", "requests": 3, "per": "1m"}]}"#;
         let mut host = TestHost::new().config(config);
         assert_eq!(answer(&mut host), None);
-        assert_eq!(host.run_response::<RateLimit>(), Ok(()));
         assert_eq!(
             host.response.header("ratelimit-policy").as_deref(),
             Some(r#""per-second";q=10;w=1, "per-minute";q=3;w=60"#)
@@ -669,7 +651,6 @@ mod tests {
             None,
         );
         assert_eq!(answer(&mut host), None);
-        host.run_response::<RateLimit>().expect("response phase");
         let values: Vec<_> = host
             .response
             .headers
@@ -682,20 +663,6 @@ mod tests {
         let config = r#"{"headers": false, "limits": [{"name": "a", "requests": 2, "per": "1s"}]}"#;
         let mut host = TestHost::new().config(config);
         assert_eq!(answer(&mut host), None);
-        host.run_response::<RateLimit>().expect("response phase");
-        assert!(host.response.headers.is_empty());
-    }
-
-    #[test]
-    fn response_state_does_not_leak_into_the_next_request() {
-        let mut host = TestHost::new().config(PER_SECOND);
-        assert_eq!(answer(&mut host), None);
-        // The next request is denied before taking (missing key): its
-        // response phase must not reuse the previous request's headers.
-        let config = r#"{"key": {"header": "x-api-key"}, "limits": [{"name": "a", "requests": 2, "per": "1s"}]}"#;
-        host.config = config.into();
-        assert!(answer(&mut host).is_some());
-        host.run_response::<RateLimit>().expect("response phase");
         assert!(host.response.headers.is_empty());
     }
 

@@ -87,6 +87,13 @@ struct ResponseRules {
     status: Option<StatusRule>,
 }
 
+impl ResponseRules {
+    /// No edit at all: the response phase has nothing to do.
+    fn is_empty(&self) -> bool {
+        self.headers.is_empty() && self.body.is_empty() && self.status.is_none()
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Headers
 
@@ -98,6 +105,15 @@ struct HeaderOps {
     remove: Vec<String>,
     set: Vec<(String, String)>,
     add: Vec<(String, String)>,
+}
+
+impl HeaderOps {
+    fn is_empty(&self) -> bool {
+        self.rename.is_empty()
+            && self.remove.is_empty()
+            && self.set.is_empty()
+            && self.add.is_empty()
+    }
 }
 
 /// `headers = { ... }` as written.
@@ -1251,6 +1267,9 @@ impl Plugin for Transform {
             req.set_query(query.as_deref())?;
         }
         apply_body(req, &rules.body)?;
+        if cfg.response.is_empty() {
+            req.skip_response_phase();
+        }
         Ok(Action::Continue)
     }
 
@@ -1280,6 +1299,25 @@ mod tests {
         host.config = config.to_string();
         assert_eq!(host.run_request::<Transform>(), Ok(Action::Continue));
         host
+    }
+
+    #[test]
+    fn the_response_phase_is_skipped_only_without_response_rules() {
+        let host = run(
+            TestHost::new(),
+            json!({"request": {"headers": {"set": {"x-a": "1"}}}}),
+        );
+        assert!(host.response_phase_skipped);
+        let host = run(
+            TestHost::new(),
+            json!({"response": {"headers": {"remove": ["server"]}}}),
+        );
+        assert!(!host.response_phase_skipped);
+        let host = run(
+            TestHost::new(),
+            json!({"response": {"status": {"to": 201}}}),
+        );
+        assert!(!host.response_phase_skipped);
     }
 
     fn run_response(mut host: TestHost, config: Value) -> TestHost {
