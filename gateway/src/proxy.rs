@@ -26,7 +26,7 @@ use crate::compress;
 use crate::error::ProxyError;
 use crate::frontend::FrontendRuntime;
 use crate::route::RouteMatch;
-use crate::upstream::{Outbound, PooledBody, UpstreamError};
+use crate::upstream::{DeadlineTimer, Outbound, PooledBody, UpstreamError};
 
 /// `x-request-id`
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -55,6 +55,8 @@ pub struct ConnInfo {
     pub tunnels: std::sync::Mutex<Vec<Tunnel>>,
     /// Requests in flight and idle time, for the listener's timeouts.
     pub activity: crate::frontend::Activity,
+    /// The upstream deadline timer its requests reuse.
+    pub deadline_timer: DeadlineTimer,
 }
 
 impl ConnInfo {
@@ -74,6 +76,7 @@ impl ConnInfo {
             client_ip,
             tunnels: std::sync::Mutex::new(Vec::new()),
             activity,
+            deadline_timer: DeadlineTimer::default(),
         }
     }
 }
@@ -319,20 +322,23 @@ async fn forward(
     let timeout = route
         .timeout
         .unwrap_or_else(|| upstream.config.request_timeout.get());
-    let answer = upstream.send(out, timeout).await.map_err(|e| match e {
-        UpstreamError::NoHealthyEndpoint(_) => ProxyError::Unavailable(e.to_string()),
-        UpstreamError::Timeout(_) => ProxyError::Timeout(e.to_string()),
-        UpstreamError::Connect { .. } | UpstreamError::Protocol { .. } => {
-            ProxyError::BadGateway(e.to_string())
-        }
-        UpstreamError::RequestBody(msg) => {
-            if msg.contains("length limit exceeded") {
-                ProxyError::BodyTooLarge(max_body)
-            } else {
-                ProxyError::BadRequest(format!("request body: {msg}"))
+    let answer = upstream
+        .send_reusing(out, timeout, &conn.deadline_timer)
+        .await
+        .map_err(|e| match e {
+            UpstreamError::NoHealthyEndpoint(_) => ProxyError::Unavailable(e.to_string()),
+            UpstreamError::Timeout(_) => ProxyError::Timeout(e.to_string()),
+            UpstreamError::Connect { .. } | UpstreamError::Protocol { .. } => {
+                ProxyError::BadGateway(e.to_string())
             }
-        }
-    })?;
+            UpstreamError::RequestBody(msg) => {
+                if msg.contains("length limit exceeded") {
+                    ProxyError::BodyTooLarge(max_body)
+                } else {
+                    ProxyError::BadRequest(format!("request body: {msg}"))
+                }
+            }
+        })?;
     log.endpoint = Some(answer.endpoint);
     let mut resp = answer.response;
 

@@ -770,6 +770,53 @@ timeout = "200ms"
 }
 
 #[tokio::test]
+async fn each_request_on_a_connection_gets_its_routes_deadline() {
+    // The requests of one client connection reuse one deadline timer: it
+    // must move to a shorter deadline as well as to a longer one, and work
+    // again after it fired.
+    let up = TestUpstream::start("up").await;
+    let gw = TestGateway::start(&format!(
+        r#"
+[upstreams.up]
+endpoints = ["{}"]
+
+[frontends.web]
+listen = "127.0.0.1:0"
+
+[[frontends.web.routes]]
+match = {{ path_prefix = "/patient" }}
+strip_prefix = "/patient"
+upstream = "up"
+timeout = "5s"
+
+[[frontends.web.routes]]
+upstream = "up"
+timeout = "200ms"
+"#,
+        up.addr
+    ))
+    .await;
+    let addr = gw.addr("web").await;
+    let client = client();
+    let get_on = |path: &str| {
+        let req = request("GET", addr, path)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        send(&client, req)
+    };
+    assert_eq!(get_on("/patient/sleep/400").await.unwrap().status, 200);
+    let started = Instant::now();
+    assert_eq!(get_on("/sleep/2000").await.unwrap().status, 504);
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(150) && elapsed <= Duration::from_millis(1500),
+        "answered after {elapsed:?}"
+    );
+    assert_eq!(get_on("/patient/sleep/400").await.unwrap().status, 200);
+    assert_eq!(get_on("/sleep/10").await.unwrap().status, 200);
+}
+
+#[tokio::test]
 async fn connect_failure_gives_502() {
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -7,14 +7,17 @@ mod breaker;
 mod health;
 mod pool;
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::time::Sleep;
 
 use crate::body::{Body, empty};
 use crate::config::{RetryOn, UpstreamConfig};
@@ -218,10 +221,21 @@ impl Upstream {
     }
 
     /// Send a request: pick an endpoint, retry what may be retried, and give
-    /// up at `deadline` with [`UpstreamError::Timeout`].
+    /// up after `timeout` with [`UpstreamError::Timeout`].
     pub async fn send(&self, out: Outbound, timeout: Duration) -> Result<Answer, UpstreamError> {
+        self.send_reusing(out, timeout, &DeadlineTimer::default())
+            .await
+    }
+
+    /// [`send`](Self::send), timed by a client connection's reusable timer.
+    pub async fn send_reusing(
+        &self,
+        out: Outbound,
+        timeout: Duration,
+        timer: &DeadlineTimer,
+    ) -> Result<Answer, UpstreamError> {
         let started = Instant::now();
-        let deadline = started + timeout;
+        let mut sleep = timer.take(started + timeout);
         let idempotent = matches!(
             out.method,
             Method::GET
@@ -253,93 +267,98 @@ impl Upstream {
         } = out;
         let mut tried: [usize; 4] = [usize::MAX; 4];
         let mut last_err = None;
-        for attempt in 0..max_attempts {
-            let now = if attempt == 0 {
-                started
-            } else {
-                Instant::now()
-            };
-            let Some(idx) = self
-                .balancer
-                .pick(&self.endpoints, &tried[..attempt.min(4)], now)
-            else {
-                return Err(
-                    last_err.unwrap_or_else(|| UpstreamError::NoHealthyEndpoint(self.name.clone()))
-                );
-            };
-            if attempt < tried.len() {
-                tried[attempt] = idx;
-            }
-            let ep = &self.endpoints[idx];
-            let last = attempt + 1 == max_attempts;
-            let message = Message {
-                method: &method,
-                path_and_query: &path_and_query,
-                headers: &mut headers,
-                body: &mut body,
-                keep_copy: !last && retry_after_send,
-            };
-            let _inflight = InFlight::new(ep);
-            // The deadline as it is: no second clock read to turn it into
-            // a duration and back.
-            let result =
-                tokio::time::timeout_at(deadline.into(), self.exchange(ep, now, message)).await;
-            match result {
-                Err(_) => {
-                    self.failure(ep);
-                    return Err(UpstreamError::Timeout(self.name.clone()));
+        let answer = 'sent: {
+            for attempt in 0..max_attempts {
+                let now = if attempt == 0 {
+                    started
+                } else {
+                    Instant::now()
+                };
+                let Some(idx) = self
+                    .balancer
+                    .pick(&self.endpoints, &tried[..attempt.min(4)], now)
+                else {
+                    break 'sent Err(last_err
+                        .unwrap_or_else(|| UpstreamError::NoHealthyEndpoint(self.name.clone())));
+                };
+                if attempt < tried.len() {
+                    tried[attempt] = idx;
                 }
-                Ok(Ok(resp)) => {
-                    let status = resp.status();
-                    let retry_on = match status {
-                        StatusCode::BAD_GATEWAY => Some(RetryOn::Status502),
-                        StatusCode::SERVICE_UNAVAILABLE => Some(RetryOn::Status503),
-                        StatusCode::GATEWAY_TIMEOUT => Some(RetryOn::Status504),
-                        _ => None,
-                    };
-                    if let Some(kind) = retry_on {
+                let ep = &self.endpoints[idx];
+                let last = attempt + 1 == max_attempts;
+                let message = Message {
+                    method: &method,
+                    path_and_query: &path_and_query,
+                    headers: &mut headers,
+                    body: &mut body,
+                    keep_copy: !last && retry_after_send,
+                };
+                let _inflight = InFlight::new(ep);
+                let result = Before {
+                    fut: self.exchange(ep, now, message),
+                    timer: sleep.as_mut(),
+                }
+                .await;
+                match result {
+                    None => {
                         self.failure(ep);
-                        if !last && self.config.retries.on.contains(&kind) {
-                            continue;
+                        break 'sent Err(UpstreamError::Timeout(self.name.clone()));
+                    }
+                    Some(Ok(resp)) => {
+                        let status = resp.status();
+                        let retry_on = match status {
+                            StatusCode::BAD_GATEWAY => Some(RetryOn::Status502),
+                            StatusCode::SERVICE_UNAVAILABLE => Some(RetryOn::Status503),
+                            StatusCode::GATEWAY_TIMEOUT => Some(RetryOn::Status504),
+                            _ => None,
+                        };
+                        if let Some(kind) = retry_on {
+                            self.failure(ep);
+                            if !last && self.config.retries.on.contains(&kind) {
+                                continue;
+                            }
+                        } else {
+                            ep.breaker.success();
                         }
-                    } else {
-                        ep.breaker.success();
+                        break 'sent Ok(Answer {
+                            response: resp,
+                            endpoint: ep.address.clone(),
+                        });
                     }
-                    return Ok(Answer {
-                        response: resp,
-                        endpoint: ep.address.clone(),
-                    });
-                }
-                Ok(Err(ExchangeError::Connect(e))) => {
-                    self.failure(ep);
-                    let err = UpstreamError::Connect {
-                        endpoint: ep.address.to_string(),
-                        reason: error_chain(&e),
-                    };
-                    if last || !self.config.retries.on.contains(&RetryOn::ConnectFailure) {
-                        return Err(err);
+                    Some(Err(ExchangeError::Connect(e))) => {
+                        self.failure(ep);
+                        let err = UpstreamError::Connect {
+                            endpoint: ep.address.to_string(),
+                            reason: error_chain(&e),
+                        };
+                        if last || !self.config.retries.on.contains(&RetryOn::ConnectFailure) {
+                            break 'sent Err(err);
+                        }
+                        tracing::debug!(upstream = %self.name, endpoint = %ep.address, error = %err, "retrying");
+                        last_err = Some(err);
                     }
-                    tracing::debug!(upstream = %self.name, endpoint = %ep.address, error = %err, "retrying");
-                    last_err = Some(err);
-                }
-                Ok(Err(ExchangeError::Send(e))) => {
-                    if let Some(body_err) = body_error(&e) {
-                        return Err(UpstreamError::RequestBody(body_err));
+                    Some(Err(ExchangeError::Send(e))) => {
+                        if let Some(body_err) = body_error(&e) {
+                            break 'sent Err(UpstreamError::RequestBody(body_err));
+                        }
+                        self.failure(ep);
+                        let err = UpstreamError::Protocol {
+                            endpoint: ep.address.to_string(),
+                            reason: error_chain(&e),
+                        };
+                        if last || !self.config.retries.on.contains(&RetryOn::Reset) {
+                            break 'sent Err(err);
+                        }
+                        tracing::debug!(upstream = %self.name, endpoint = %ep.address, error = %err, "retrying");
+                        last_err = Some(err);
                     }
-                    self.failure(ep);
-                    let err = UpstreamError::Protocol {
-                        endpoint: ep.address.to_string(),
-                        reason: error_chain(&e),
-                    };
-                    if last || !self.config.retries.on.contains(&RetryOn::Reset) {
-                        return Err(err);
-                    }
-                    tracing::debug!(upstream = %self.name, endpoint = %ep.address, error = %err, "retrying");
-                    last_err = Some(err);
                 }
             }
-        }
-        Err(last_err.unwrap_or_else(|| UpstreamError::NoHealthyEndpoint(self.name.clone())))
+            Err(last_err.unwrap_or_else(|| UpstreamError::NoHealthyEndpoint(self.name.clone())))
+        };
+        // A request dropped half-way drops its timer: the next makes one.
+        timer.put(sleep);
+        answer
     }
 
     /// One exchange with `ep`: get a connection, send, await the response
@@ -447,6 +466,59 @@ impl Upstream {
             ep.ejections.inc();
             tracing::warn!(upstream = %self.name, endpoint = %ep.address, "circuit opened: endpoint ejected");
         }
+    }
+}
+
+/// A timer for the upstream deadlines of one client connection's requests.
+///
+/// A new timer is put into the runtime's timer wheel and taken out again
+/// for every request; one that is still registered and moves to a later
+/// deadline only updates its expiry (the wheel files it anew if the old one
+/// comes first). An HTTP/1 connection serves its requests one at a time, so
+/// one timer serves them all; concurrent HTTP/2 requests that find it in use
+/// make their own.
+#[derive(Default)]
+pub struct DeadlineTimer(Mutex<Option<Pin<Box<Sleep>>>>);
+
+impl DeadlineTimer {
+    /// The timer, set to `deadline`.
+    fn take(&self, deadline: Instant) -> Pin<Box<Sleep>> {
+        let kept = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match kept {
+            Some(mut sleep) => {
+                sleep.as_mut().reset(deadline.into());
+                sleep
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline.into())),
+        }
+    }
+
+    /// Keep the timer for the next request. It stays registered until its
+    /// deadline passes or it is reset.
+    fn put(&self, sleep: Pin<Box<Sleep>>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(sleep);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// `fut`'s output, or `None` if `timer` fires first. Like
+    /// `tokio::time::Timeout`, it polls the future before the timer.
+    struct Before<'t, F> {
+        #[pin]
+        fut: F,
+        timer: Pin<&'t mut Sleep>,
+    }
+}
+
+impl<F: Future> Future for Before<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.fut.poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        this.timer.as_mut().poll(cx).map(|()| None)
     }
 }
 
