@@ -395,13 +395,10 @@ async fn serve_http<IO>(
     }
     let service = {
         let conn = conn.clone();
-        service_fn(move |req| {
+        service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let rt = runtime.load_full();
-            let conn = conn.clone();
-            async move {
-                let _busy = Busy::new(&conn.activity, req.version() == http::Version::HTTP_2);
-                proxy::handle(rt, &conn, req).await
-            }
+            let busy = Busy::new(conn.clone(), req.version() == http::Version::HTTP_2);
+            proxy::handle(rt, busy, req)
         })
     };
     let io = Watched {
@@ -498,23 +495,33 @@ impl Activity {
 }
 
 /// A request in flight on its connection (a guard: a request whose future
-/// is dropped half-way also ends).
-struct Busy<'a>(&'a Activity);
+/// is dropped half-way also ends), and the request's way to the
+/// connection's [`ConnInfo`].
+struct Busy(Arc<ConnInfo>);
 
-impl<'a> Busy<'a> {
-    fn new(a: &'a Activity, h2: bool) -> Busy<'a> {
+impl Busy {
+    fn new(conn: Arc<ConnInfo>, h2: bool) -> Busy {
+        let a = &conn.activity;
         if h2 {
             a.h2.store(true, Ordering::Relaxed);
         }
         a.inflight.fetch_add(1, Ordering::Relaxed);
         a.head_since.store(0, Ordering::Relaxed);
-        Busy(a)
+        Busy(conn)
     }
 }
 
-impl Drop for Busy<'_> {
+impl std::ops::Deref for Busy {
+    type Target = ConnInfo;
+
+    fn deref(&self) -> &ConnInfo {
+        &self.0
+    }
+}
+
+impl Drop for Busy {
     fn drop(&mut self) {
-        let a = self.0;
+        let a = &self.0.activity;
         a.idle_since
             .store(a.clock.load(Ordering::Relaxed), Ordering::Relaxed);
         a.inflight.fetch_sub(1, Ordering::Relaxed);

@@ -82,12 +82,21 @@ impl ConnInfo {
 }
 
 /// Handle one request on a frontend. Never fails: every problem becomes a
-/// response.
-pub async fn handle(
+/// response. `conn` is the request's hold on its client connection, kept
+/// until the response head is out.
+///
+/// The phases up to routing run when this is called; the future holds the
+/// rest. Like the functions it awaits, it returns an `async` block rather
+/// than being an `async fn`: hyper moves this future on every request, and
+/// an `async fn` keeps each argument twice (as captured and as a local).
+pub fn handle<C>(
     rt: Arc<FrontendRuntime>,
-    conn: &ConnInfo,
+    conn: C,
     req: Request<Incoming>,
-) -> Result<Response<Logged>, std::convert::Infallible> {
+) -> impl Future<Output = Result<Response<Logged>, std::convert::Infallible>> + Send
+where
+    C: std::ops::Deref<Target = ConnInfo> + Send + 'static,
+{
     let start = Instant::now();
 
     // identify
@@ -111,136 +120,245 @@ pub async fn handle(
         String::new()
     };
 
-    let mut trace = Trace::default();
     // admit: a permit is held until the response body ends
     let permit = rt
         .inflight
         .as_ref()
         .and_then(|sem| sem.clone().try_acquire_owned().ok());
-    let result = if rt.inflight.is_some() && permit.is_none() {
-        Err(ProxyError::Overloaded)
-    } else {
-        forward(&rt, conn, req, present, &request_id, &mut trace).await
-    };
-    let response = match result {
-        Ok(resp) => resp,
-        Err(e) => {
-            if e.status().is_server_error() {
-                tracing::debug!(request_id = ?request_id, error = %e, "gateway error");
+    let overloaded = rt.inflight.is_some() && permit.is_none();
+
+    async move {
+        let mut trace = Trace::default();
+        let result = if overloaded {
+            Err(ProxyError::Overloaded)
+        } else {
+            forward(&rt, &conn, req, present, &request_id, &mut trace).await
+        };
+        let response = match result {
+            Ok(resp) => resp,
+            Err(e) => {
+                if e.status().is_server_error() {
+                    tracing::debug!(request_id = ?request_id, error = %e, "gateway error");
+                }
+                e.into_response(&request_id).map(OutBody::Right)
             }
-            e.into_response(&request_id).map(OutBody::Right)
-        }
-    };
-    let log = AccessLog {
-        rt,
-        trace,
-        method,
-        path,
-        status: response.status().as_u16(),
-        start,
-        request_id,
-        access_log,
-        _permit: permit,
-    };
-    let (parts, body) = response.into_parts();
-    Ok(Response::from_parts(
-        parts,
-        Logged {
-            inner: body,
-            bytes: 0,
-            log: Some(Box::new(log)),
-        },
-    ))
+        };
+        let log = AccessLog {
+            rt,
+            trace,
+            method,
+            path,
+            status: response.status().as_u16(),
+            start,
+            request_id,
+            access_log,
+            _permit: permit,
+        };
+        let (parts, body) = response.into_parts();
+        Ok(Response::from_parts(
+            parts,
+            Logged {
+                inner: body,
+                bytes: 0,
+                log: Some(Box::new(log)),
+            },
+        ))
+    }
 }
 
-async fn forward(
-    rt: &FrontendRuntime,
-    conn: &ConnInfo,
+// Not an `async fn`: see `handle`.
+#[allow(clippy::manual_async_fn)]
+fn forward<'a>(
+    rt: &'a FrontendRuntime,
+    conn: &'a ConnInfo,
     mut req: Request<Incoming>,
     mut present: Present,
+    request_id: &'a HeaderValue,
+    log: &'a mut Trace,
+) -> impl Future<Output = Result<Response<OutBody>, ProxyError>> + Send + 'a {
+    async move {
+        // route
+        // A clone of the header value shares its bytes: no copy.
+        let host_header: Option<HeaderValue> = present
+            .host
+            .then(|| req.headers().get(header::HOST))
+            .flatten()
+            .filter(|h| h.to_str().is_ok())
+            .cloned()
+            .or_else(|| {
+                req.uri()
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            });
+        let host = host_header
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .map(strip_port);
+        let route = match rt
+            .router
+            .find(req.method(), host, req.uri().path(), req.headers())
+        {
+            RouteMatch::Found(r) => r,
+            RouteMatch::MethodNotAllowed(m) => return Err(ProxyError::MethodNotAllowed(m)),
+            RouteMatch::NotFound => return Err(ProxyError::NoRoute),
+        };
+        log.route = Some(route.index);
+
+        // admit
+        let max_body = rt.limits.max_request_body.bytes();
+        if let Some(len) = present
+            .content_length
+            .then(|| req.headers().get(header::CONTENT_LENGTH))
+            .flatten()
+        {
+            let len: u64 = len
+                .to_str()
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| ProxyError::BadRequest("invalid content-length".into()))?;
+            if len > max_body {
+                return Err(ProxyError::BodyTooLarge(max_body));
+            }
+        }
+
+        // plugins: request phase
+        let mut plugin_body = None;
+        let mut held = crate::filter::Instances::default();
+        if !route.chain.is_empty() {
+            // Boxed: routes without plugins do not carry the phases' futures.
+            let phase = route
+                .chain
+                .on_request(route.name.clone(), conn.remote.ip(), req, max_body);
+            let (back, outcome) = Box::pin(phase).await?;
+            req = back;
+            match outcome {
+                crate::filter::RequestOutcome::Respond(mut resp) => {
+                    resp.headers_mut()
+                        .insert(X_REQUEST_ID.clone(), request_id.clone());
+                    return Ok(resp.map(OutBody::Right));
+                }
+                crate::filter::RequestOutcome::Forward(body, kept) => {
+                    plugin_body = body;
+                    held = kept;
+                }
+            }
+            // Plugins may have changed the headers.
+            present = Present::scan(req.headers());
+        }
+
+        // forward
+        let upstream = route.upstream(req.headers()).clone();
+        log.upstream = Some(upstream.clone());
+        let encoding = route
+            .compress
+            .as_ref()
+            .and_then(|c| compress::negotiate(c, req.headers()));
+        let is_head = req.method() == http::Method::HEAD;
+        let upgrade = present.upgrade && wants_upgrade(&req);
+        let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let out = outbound(
+            conn,
+            route,
+            req,
+            present,
+            host_header,
+            request_id,
+            plugin_body,
+            upgrade,
+            max_body,
+            log,
+        )?;
+        let timeout = route
+            .timeout
+            .unwrap_or_else(|| upstream.config.request_timeout.get());
+        let answer = upstream
+            .send_reusing(out, timeout, &conn.deadline_timer)
+            .await
+            .map_err(|e| match e {
+                UpstreamError::NoHealthyEndpoint(_) => ProxyError::Unavailable(e.to_string()),
+                UpstreamError::Timeout(_) => ProxyError::Timeout(e.to_string()),
+                UpstreamError::Connect { .. } | UpstreamError::Protocol { .. } => {
+                    ProxyError::BadGateway(e.to_string())
+                }
+                UpstreamError::RequestBody(msg) => {
+                    if msg.contains("length limit exceeded") {
+                        ProxyError::BodyTooLarge(max_body)
+                    } else {
+                        ProxyError::BadRequest(format!("request body: {msg}"))
+                    }
+                }
+            })?;
+        log.endpoint = Some(answer.endpoint);
+        let mut resp = answer.response;
+
+        // respond
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(down) = on_upgrade {
+                let up = hyper::upgrade::on(&mut resp);
+                let tunnel: Tunnel = Box::pin(async move {
+                    let (Ok(down), Ok(up)) = (down.await, up.await) else {
+                        return;
+                    };
+                    let mut down = hyper_util::rt::TokioIo::new(down);
+                    let mut up = hyper_util::rt::TokioIo::new(up);
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                });
+                conn.tunnels
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(tunnel);
+            }
+            let (mut parts, body) = resp.into_parts();
+            parts
+                .headers
+                .insert(X_REQUEST_ID.clone(), request_id.clone());
+            return Ok(Response::from_parts(parts, OutBody::Right(boxed(body))));
+        }
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts
+            .headers
+            .insert(X_REQUEST_ID.clone(), request_id.clone());
+        parts.version = Version::HTTP_11;
+        let compress = match (encoding, route.compress.as_ref()) {
+            (Some(enc), Some(cfg)) if !is_head => Some((cfg, enc)),
+            _ => None,
+        };
+        // plugins: response phase (when one runs, or request phases left
+        // response headers to set)
+        let respond = !route.chain.is_empty() && route.chain.responds(&held);
+        if !respond && compress.is_none() {
+            // The common case: the upstream's body goes out as it is, unboxed.
+            return Ok(Response::from_parts(parts, OutBody::Left(body)));
+        }
+        let mut resp = Response::from_parts(parts, boxed(body));
+        if respond {
+            resp = Box::pin(route.chain.on_response(resp, max_body, held)).await?;
+        }
+        if let Some((cfg, enc)) = compress {
+            resp = compress::apply(cfg, enc, resp);
+        }
+        Ok(resp.map(OutBody::Right))
+    }
+}
+
+/// The request as it goes upstream: the route's path, hop-by-hop headers
+/// out, `Host`, `x-forwarded-*` and `x-request-id` in, and the body (the
+/// plugins' or the client's, bounded and counted). A plain function, so
+/// that what it builds from does not take room in the request's future.
+#[allow(clippy::too_many_arguments)]
+fn outbound(
+    conn: &ConnInfo,
+    route: &crate::route::Route,
+    mut req: Request<Incoming>,
+    present: Present,
+    host_header: Option<HeaderValue>,
     request_id: &HeaderValue,
+    plugin_body: Option<Bytes>,
+    upgrade: bool,
+    max_body: u64,
     log: &mut Trace,
-) -> Result<Response<OutBody>, ProxyError> {
-    // route
-    // A clone of the header value shares its bytes: no copy.
-    let host_header: Option<HeaderValue> = present
-        .host
-        .then(|| req.headers().get(header::HOST))
-        .flatten()
-        .filter(|h| h.to_str().is_ok())
-        .cloned()
-        .or_else(|| {
-            req.uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-    let host = host_header
-        .as_ref()
-        .and_then(|h| h.to_str().ok())
-        .map(strip_port);
-    let route = match rt
-        .router
-        .find(req.method(), host, req.uri().path(), req.headers())
-    {
-        RouteMatch::Found(r) => r,
-        RouteMatch::MethodNotAllowed(m) => return Err(ProxyError::MethodNotAllowed(m)),
-        RouteMatch::NotFound => return Err(ProxyError::NoRoute),
-    };
-    log.route = Some(route.index);
-
-    // admit
-    let max_body = rt.limits.max_request_body.bytes();
-    if let Some(len) = present
-        .content_length
-        .then(|| req.headers().get(header::CONTENT_LENGTH))
-        .flatten()
-    {
-        let len: u64 = len
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| ProxyError::BadRequest("invalid content-length".into()))?;
-        if len > max_body {
-            return Err(ProxyError::BodyTooLarge(max_body));
-        }
-    }
-
-    // plugins: request phase
-    let mut plugin_body = None;
-    let mut held = crate::filter::Instances::default();
-    if !route.chain.is_empty() {
-        // Boxed: routes without plugins do not carry the phases' futures.
-        let phase = route
-            .chain
-            .on_request(route.name.clone(), conn.remote.ip(), req, max_body);
-        let (back, outcome) = Box::pin(phase).await?;
-        req = back;
-        match outcome {
-            crate::filter::RequestOutcome::Respond(mut resp) => {
-                resp.headers_mut()
-                    .insert(X_REQUEST_ID.clone(), request_id.clone());
-                return Ok(resp.map(OutBody::Right));
-            }
-            crate::filter::RequestOutcome::Forward(body, kept) => {
-                plugin_body = body;
-                held = kept;
-            }
-        }
-        // Plugins may have changed the headers.
-        present = Present::scan(req.headers());
-    }
-
-    // forward
-    let upstream = route.upstream(req.headers()).clone();
-    log.upstream = Some(upstream.clone());
-    let encoding = route
-        .compress
-        .as_ref()
-        .and_then(|c| compress::negotiate(c, req.headers()));
-    let is_head = req.method() == http::Method::HEAD;
-    let upgrade = present.upgrade && wants_upgrade(&req);
-    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-
+) -> Result<Outbound, ProxyError> {
     let path = route.forward_path(req.uri().path());
     let path_and_query = match req.uri().path_and_query() {
         // Unchanged path: share the parsed one.
@@ -313,83 +431,12 @@ async fn forward(
             counter,
         }))
     };
-    let out = Outbound {
+    Ok(Outbound {
         method: parts.method,
         path_and_query,
         headers,
         body,
-    };
-    let timeout = route
-        .timeout
-        .unwrap_or_else(|| upstream.config.request_timeout.get());
-    let answer = upstream
-        .send_reusing(out, timeout, &conn.deadline_timer)
-        .await
-        .map_err(|e| match e {
-            UpstreamError::NoHealthyEndpoint(_) => ProxyError::Unavailable(e.to_string()),
-            UpstreamError::Timeout(_) => ProxyError::Timeout(e.to_string()),
-            UpstreamError::Connect { .. } | UpstreamError::Protocol { .. } => {
-                ProxyError::BadGateway(e.to_string())
-            }
-            UpstreamError::RequestBody(msg) => {
-                if msg.contains("length limit exceeded") {
-                    ProxyError::BodyTooLarge(max_body)
-                } else {
-                    ProxyError::BadRequest(format!("request body: {msg}"))
-                }
-            }
-        })?;
-    log.endpoint = Some(answer.endpoint);
-    let mut resp = answer.response;
-
-    // respond
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(down) = on_upgrade {
-            let up = hyper::upgrade::on(&mut resp);
-            let tunnel: Tunnel = Box::pin(async move {
-                let (Ok(down), Ok(up)) = (down.await, up.await) else {
-                    return;
-                };
-                let mut down = hyper_util::rt::TokioIo::new(down);
-                let mut up = hyper_util::rt::TokioIo::new(up);
-                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-            });
-            conn.tunnels
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(tunnel);
-        }
-        let (mut parts, body) = resp.into_parts();
-        parts
-            .headers
-            .insert(X_REQUEST_ID.clone(), request_id.clone());
-        return Ok(Response::from_parts(parts, OutBody::Right(boxed(body))));
-    }
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    parts
-        .headers
-        .insert(X_REQUEST_ID.clone(), request_id.clone());
-    parts.version = Version::HTTP_11;
-    let compress = match (encoding, route.compress.as_ref()) {
-        (Some(enc), Some(cfg)) if !is_head => Some((cfg, enc)),
-        _ => None,
-    };
-    // plugins: response phase (when one runs, or request phases left
-    // response headers to set)
-    let respond = !route.chain.is_empty() && route.chain.responds(&held);
-    if !respond && compress.is_none() {
-        // The common case: the upstream's body goes out as it is, unboxed.
-        return Ok(Response::from_parts(parts, OutBody::Left(body)));
-    }
-    let mut resp = Response::from_parts(parts, boxed(body));
-    if respond {
-        resp = Box::pin(route.chain.on_response(resp, max_body, held)).await?;
-    }
-    if let Some((cfg, enc)) = compress {
-        resp = compress::apply(cfg, enc, resp);
-    }
-    Ok(resp.map(OutBody::Right))
+    })
 }
 
 /// A response body on its way out: the upstream's, straight from its pool

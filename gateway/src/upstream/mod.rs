@@ -228,137 +228,139 @@ impl Upstream {
     }
 
     /// [`send`](Self::send), timed by a client connection's reusable timer.
-    pub async fn send_reusing(
-        &self,
-        out: Outbound,
+    ///
+    /// An `async` block rather than an `async fn`: the block uses `out` in
+    /// place, where an `async fn` would keep its argument and a local copy
+    /// of it in the future, which the proxy moves on every request.
+    #[allow(clippy::manual_async_fn)]
+    pub fn send_reusing<'a>(
+        &'a self,
+        mut out: Outbound,
         timeout: Duration,
-        timer: &DeadlineTimer,
-    ) -> Result<Answer, UpstreamError> {
-        let started = Instant::now();
-        let mut sleep = timer.take(started + timeout);
-        let idempotent = matches!(
-            out.method,
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::PUT
-                | Method::DELETE
-                | Method::TRACE
-        );
-        let replayable = idempotent && out.body.is_none();
-        let max_attempts = if replayable {
-            1 + self.config.retries.attempts as usize
-        } else {
-            1
-        };
-        // A connect failure leaves the request unsent, in our hands; only the
-        // other retry kinds need a copy kept before it is handed over.
-        let retry_after_send = self
-            .config
-            .retries
-            .on
-            .iter()
-            .any(|k| *k != RetryOn::ConnectFailure);
-        let Outbound {
-            method,
-            path_and_query,
-            mut headers,
-            mut body,
-        } = out;
-        let mut tried: [usize; 4] = [usize::MAX; 4];
-        let mut last_err = None;
-        let answer = 'sent: {
-            for attempt in 0..max_attempts {
-                let now = if attempt == 0 {
-                    started
-                } else {
-                    Instant::now()
-                };
-                let Some(idx) = self
-                    .balancer
-                    .pick(&self.endpoints, &tried[..attempt.min(4)], now)
-                else {
-                    break 'sent Err(last_err
-                        .unwrap_or_else(|| UpstreamError::NoHealthyEndpoint(self.name.clone())));
-                };
-                if attempt < tried.len() {
-                    tried[attempt] = idx;
-                }
-                let ep = &self.endpoints[idx];
-                let last = attempt + 1 == max_attempts;
-                let message = Message {
-                    method: &method,
-                    path_and_query: &path_and_query,
-                    headers: &mut headers,
-                    body: &mut body,
-                    keep_copy: !last && retry_after_send,
-                };
-                let _inflight = InFlight::new(ep);
-                let result = Before {
-                    fut: self.exchange(ep, now, message),
-                    timer: sleep.as_mut(),
-                }
-                .await;
-                match result {
-                    None => {
-                        self.failure(ep);
-                        break 'sent Err(UpstreamError::Timeout(self.name.clone()));
+        timer: &'a DeadlineTimer,
+    ) -> impl Future<Output = Result<Answer, UpstreamError>> + Send + 'a {
+        async move {
+            let started = Instant::now();
+            let mut sleep = timer.take(started + timeout);
+            let idempotent = matches!(
+                out.method,
+                Method::GET
+                    | Method::HEAD
+                    | Method::OPTIONS
+                    | Method::PUT
+                    | Method::DELETE
+                    | Method::TRACE
+            );
+            let replayable = idempotent && out.body.is_none();
+            let max_attempts = if replayable {
+                1 + self.config.retries.attempts as usize
+            } else {
+                1
+            };
+            // A connect failure leaves the request unsent, in our hands; only the
+            // other retry kinds need a copy kept before it is handed over.
+            let retry_after_send = self
+                .config
+                .retries
+                .on
+                .iter()
+                .any(|k| *k != RetryOn::ConnectFailure);
+            let mut tried: [usize; 4] = [usize::MAX; 4];
+            let mut last_err = None;
+            let answer = 'sent: {
+                for attempt in 0..max_attempts {
+                    let now = if attempt == 0 {
+                        started
+                    } else {
+                        Instant::now()
+                    };
+                    let Some(idx) =
+                        self.balancer
+                            .pick(&self.endpoints, &tried[..attempt.min(4)], now)
+                    else {
+                        break 'sent Err(last_err.unwrap_or_else(|| {
+                            UpstreamError::NoHealthyEndpoint(self.name.clone())
+                        }));
+                    };
+                    if attempt < tried.len() {
+                        tried[attempt] = idx;
                     }
-                    Some(Ok(resp)) => {
-                        let status = resp.status();
-                        let retry_on = match status {
-                            StatusCode::BAD_GATEWAY => Some(RetryOn::Status502),
-                            StatusCode::SERVICE_UNAVAILABLE => Some(RetryOn::Status503),
-                            StatusCode::GATEWAY_TIMEOUT => Some(RetryOn::Status504),
-                            _ => None,
-                        };
-                        if let Some(kind) = retry_on {
+                    let ep = &self.endpoints[idx];
+                    let last = attempt + 1 == max_attempts;
+                    let message = Message {
+                        method: &out.method,
+                        path_and_query: &out.path_and_query,
+                        headers: &mut out.headers,
+                        body: &mut out.body,
+                        keep_copy: !last && retry_after_send,
+                    };
+                    let _inflight = InFlight::new(ep);
+                    let result = Before {
+                        fut: self.exchange(ep, now, message),
+                        timer: sleep.as_mut(),
+                    }
+                    .await;
+                    match result {
+                        None => {
                             self.failure(ep);
-                            if !last && self.config.retries.on.contains(&kind) {
-                                continue;
+                            break 'sent Err(UpstreamError::Timeout(self.name.clone()));
+                        }
+                        Some(Ok(resp)) => {
+                            let status = resp.status();
+                            let retry_on = match status {
+                                StatusCode::BAD_GATEWAY => Some(RetryOn::Status502),
+                                StatusCode::SERVICE_UNAVAILABLE => Some(RetryOn::Status503),
+                                StatusCode::GATEWAY_TIMEOUT => Some(RetryOn::Status504),
+                                _ => None,
+                            };
+                            if let Some(kind) = retry_on {
+                                self.failure(ep);
+                                if !last && self.config.retries.on.contains(&kind) {
+                                    continue;
+                                }
+                            } else {
+                                ep.breaker.success();
                             }
-                        } else {
-                            ep.breaker.success();
+                            break 'sent Ok(Answer {
+                                response: resp,
+                                endpoint: ep.address.clone(),
+                            });
                         }
-                        break 'sent Ok(Answer {
-                            response: resp,
-                            endpoint: ep.address.clone(),
-                        });
-                    }
-                    Some(Err(ExchangeError::Connect(e))) => {
-                        self.failure(ep);
-                        let err = UpstreamError::Connect {
-                            endpoint: ep.address.to_string(),
-                            reason: error_chain(&e),
-                        };
-                        if last || !self.config.retries.on.contains(&RetryOn::ConnectFailure) {
-                            break 'sent Err(err);
+                        Some(Err(ExchangeError::Connect(e))) => {
+                            self.failure(ep);
+                            let err = UpstreamError::Connect {
+                                endpoint: ep.address.to_string(),
+                                reason: error_chain(&e),
+                            };
+                            if last || !self.config.retries.on.contains(&RetryOn::ConnectFailure) {
+                                break 'sent Err(err);
+                            }
+                            tracing::debug!(upstream = %self.name, endpoint = %ep.address, error = %err, "retrying");
+                            last_err = Some(err);
                         }
-                        tracing::debug!(upstream = %self.name, endpoint = %ep.address, error = %err, "retrying");
-                        last_err = Some(err);
-                    }
-                    Some(Err(ExchangeError::Send(e))) => {
-                        if let Some(body_err) = body_error(&e) {
-                            break 'sent Err(UpstreamError::RequestBody(body_err));
+                        Some(Err(ExchangeError::Send(e))) => {
+                            if let Some(body_err) = body_error(&e) {
+                                break 'sent Err(UpstreamError::RequestBody(body_err));
+                            }
+                            self.failure(ep);
+                            let err = UpstreamError::Protocol {
+                                endpoint: ep.address.to_string(),
+                                reason: error_chain(&e),
+                            };
+                            if last || !self.config.retries.on.contains(&RetryOn::Reset) {
+                                break 'sent Err(err);
+                            }
+                            tracing::debug!(upstream = %self.name, endpoint = %ep.address, error = %err, "retrying");
+                            last_err = Some(err);
                         }
-                        self.failure(ep);
-                        let err = UpstreamError::Protocol {
-                            endpoint: ep.address.to_string(),
-                            reason: error_chain(&e),
-                        };
-                        if last || !self.config.retries.on.contains(&RetryOn::Reset) {
-                            break 'sent Err(err);
-                        }
-                        tracing::debug!(upstream = %self.name, endpoint = %ep.address, error = %err, "retrying");
-                        last_err = Some(err);
                     }
                 }
-            }
-            Err(last_err.unwrap_or_else(|| UpstreamError::NoHealthyEndpoint(self.name.clone())))
-        };
-        // A request dropped half-way drops its timer: the next makes one.
-        timer.put(sleep);
-        answer
+                Err(last_err.unwrap_or_else(|| UpstreamError::NoHealthyEndpoint(self.name.clone())))
+            };
+            // A request dropped half-way drops its timer: the next makes one.
+            timer.put(sleep);
+            answer
+        }
     }
 
     /// One exchange with `ep`: get a connection, send, await the response
@@ -383,7 +385,9 @@ impl Upstream {
         let mut req = self.request(ep, &conn.sender, msg.method, msg.path_and_query, headers);
         *req.body_mut() = msg.body.take().unwrap_or_else(empty);
         loop {
-            match conn.sender.send(req).await {
+            // The send's result and error end in this block, so that the
+            // future does not keep room for them across the checkout below.
+            req = match conn.sender.send(req).await {
                 Ok(resp) => {
                     let (parts, body) = resp.into_parts();
                     let release = match conn.sender {
@@ -397,18 +401,16 @@ impl Upstream {
                 Err(mut e) => match e.take_message() {
                     // Not sent: the pooled connection was closed while idle.
                     // Like hyper-util's client, try again on another one.
-                    Some(unsent) if conn.reused => {
-                        tracing::trace!(endpoint = %ep.address, "stale pooled connection");
-                        req = unsent;
-                        conn = ep
-                            .pool
-                            .checkout(&self.connector, &ep.authority, Instant::now())
-                            .await
-                            .map_err(ExchangeError::Connect)?;
-                    }
+                    Some(unsent) if conn.reused => unsent,
                     _ => return Err(ExchangeError::Send(e.into_error())),
                 },
-            }
+            };
+            tracing::trace!(endpoint = %ep.address, "stale pooled connection");
+            conn = ep
+                .pool
+                .checkout(&self.connector, &ep.authority, Instant::now())
+                .await
+                .map_err(ExchangeError::Connect)?;
         }
     }
 

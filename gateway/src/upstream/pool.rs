@@ -26,6 +26,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::uri::Authority;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
@@ -209,14 +210,22 @@ impl Sender {
 
     /// Send `req`. When it was not sent at all (the connection closed while
     /// idle), it comes back in the error.
-    pub(super) async fn send(
+    ///
+    /// Either protocol's future, not an `async fn` awaiting one of them: that
+    /// would keep the request beside the future that holds it.
+    pub(super) fn send(
         &mut self,
         req: http::Request<Body>,
-    ) -> Result<http::Response<Incoming>, hyper::client::conn::TrySendError<http::Request<Body>>>
-    {
+    ) -> impl Future<
+        Output = Result<
+            http::Response<Incoming>,
+            hyper::client::conn::TrySendError<http::Request<Body>>,
+        >,
+    > + Send
+    + use<'_> {
         match self {
-            Sender::Http1(tx) => tx.try_send_request(req).await,
-            Sender::Http2(tx) => tx.try_send_request(req).await,
+            Sender::Http1(tx) => Either::Left(tx.try_send_request(req)),
+            Sender::Http2(tx) => Either::Right(tx.try_send_request(req)),
         }
     }
 }
