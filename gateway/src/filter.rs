@@ -98,12 +98,7 @@ impl Chain {
     /// Whether the response phase has anything to do for a request whose
     /// request phase left `ran`.
     pub fn responds(&self, ran: &Instances) -> bool {
-        ran.has_edits()
-            || self
-                .plugins
-                .iter()
-                .enumerate()
-                .any(|(pos, b)| ran.responds(pos, b))
+        response_work(&self.plugins, ran)
     }
 
     /// Run the response phase, last plugin first.
@@ -192,6 +187,16 @@ async fn request_phase(
     Ok((req, RequestOutcome::Forward(state.body, held)))
 }
 
+/// Whether `chain`'s response phase has anything to do after a request
+/// phase that left `held`: a header edit to apply or a plugin to call.
+fn response_work(chain: &[Arc<Binding>], held: &Instances) -> bool {
+    held.has_edits()
+        || chain
+            .iter()
+            .enumerate()
+            .any(|(pos, b)| held.responds(pos, b))
+}
+
 /// The response phases of `chain[..upto]`, last plugin first.
 async fn response_phase(
     chain: Arc<[Arc<Binding>]>,
@@ -201,11 +206,7 @@ async fn response_phase(
     mut held: Instances,
 ) -> Result<Response<Body>, ProxyError> {
     let chain = &chain[..upto.min(chain.len())];
-    let responds = chain
-        .iter()
-        .enumerate()
-        .any(|(pos, b)| held.responds(pos, b));
-    if !responds && !held.has_edits() {
+    if !response_work(chain, &held) {
         return Ok(resp);
     }
     let (parts, body) = resp.into_parts();
